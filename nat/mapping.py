@@ -1,0 +1,101 @@
+"""NAT-T-aware mapping: one conntrack zone per LAN host, and the demux keys that steer inbound
+packets into the right zone.
+
+Why zones: kernel NAT cannot tell two LAN hosts apart when both run raw ESP (no ports) to one
+server, or both use source port 500/4500/1701 towards it: the translated reply tuples clash.
+In a zone of its own each host keeps its ports (port preservation) and its ESP tuple. Outbound
+packets get the zone of their LAN source address; inbound ones the zone learned for their key
+(IKE initiator SPI, ESP SPI, L2TP tunnel id). A new inbound connection inside a host's zone
+(e.g. an LNS answering from another port, RFC 2661 §8.1) is DNATed to that host.
+
+Pure and MicroPython-compatible: produces kernel ops as tuples, which nat/nftables.py renders.
+Op forms: ("add", map_name, key_tuple, value) and ("del", map_name, key_tuple).
+"""
+
+# Kernel maps (names shared with nat/nftables.py).
+LAN_ZONE = "lan_zone"     # lan ip -> zone
+ZONE_LAN = "zone_lan"     # zone -> lan ip (DNAT target of new inbound connections in the zone)
+IKE_ZONE = "ike_zone"     # remote ip . IKE initiator SPI (64 bit) -> zone
+ESP_ZONE = "esp_zone"     # remote ip . inbound ESP SPI (32 bit, raw and in UDP) -> zone
+ESP_OUT = "esp_out"       # set: lan ip . outbound ESP SPI already seen (not queued again)
+L2TP_ZONE = "l2tp_zone"   # remote ip . L2TP tunnel id of the LAN side (16 bit) -> zone
+
+KEY_MAP = {"ike": IKE_ZONE, "esp": ESP_ZONE, "natt": ESP_ZONE, "l2tp": L2TP_ZONE}
+
+
+class HostTableFull(Exception):
+    pass
+
+
+class ZoneAllocator:
+    """Hands out zones zone_base+1 .. zone_base+max_hosts to LAN hosts, reusing freed ones."""
+
+    def __init__(self, zone_base=4096, max_hosts=256):
+        self.zone_base = zone_base
+        self.max_hosts = max_hosts
+        self.by_host = {}
+        self.by_zone = {}
+        self.free = []
+        self.next_zone = zone_base + 1
+
+    def zone_of(self, lan_ip):
+        return self.by_host.get(lan_ip)
+
+    def host_of(self, zone):
+        return self.by_zone.get(zone)
+
+    def assign(self, lan_ip, zone=None):
+        """Zone for lan_ip and the ops that program it ([] when it already had one).
+
+        `zone` forces a value (re-adopting state the kernel kept across a daemon restart).
+        """
+        z = self.by_host.get(lan_ip)
+        if z is not None:
+            return z, []
+        if zone is None:
+            if self.free:
+                zone = self.free.pop()
+            elif self.next_zone <= self.zone_base + self.max_hosts:
+                zone = self.next_zone
+                self.next_zone += 1
+            else:
+                raise HostTableFull("all %d host zones in use" % self.max_hosts)
+        else:
+            if zone in self.free:
+                self.free.remove(zone)
+            if zone >= self.next_zone:
+                for z2 in range(self.next_zone, zone):
+                    self.free.append(z2)
+                self.next_zone = zone + 1
+        self.by_host[lan_ip] = zone
+        self.by_zone[zone] = lan_ip
+        return zone, [("add", LAN_ZONE, (lan_ip,), zone), ("add", ZONE_LAN, (zone,), lan_ip)]
+
+    def release(self, lan_ip):
+        z = self.by_host.pop(lan_ip, None)
+        if z is None:
+            return None, []
+        self.by_zone.pop(z, None)
+        self.free.append(z)
+        return z, [("del", LAN_ZONE, (lan_ip,)), ("del", ZONE_LAN, (z,))]
+
+    def hosts(self):
+        return list(self.by_host)
+
+
+def key_op(flow, add=True):
+    """The kernel demux op for a flow's inbound key (None while an ESP SA waits for pairing)."""
+    if flow.key is None or flow.zone is None:
+        return None
+    name = KEY_MAP[flow.kind]
+    if add:
+        return ("add", name, (flow.remote_ip, flow.key), flow.zone)
+    return ("del", name, (flow.remote_ip, flow.key))
+
+
+def esp_out_op(flow, add=True):
+    if flow.kind not in ("esp", "natt") or flow.key_out is None:
+        return None
+    if add:
+        return ("add", ESP_OUT, (flow.lan_ip, flow.key_out), None)
+    return ("del", ESP_OUT, (flow.lan_ip, flow.key_out))

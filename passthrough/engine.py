@@ -1,0 +1,366 @@
+"""The control-plane brain: decoded queued packets in, flow updates and kernel ops out.
+
+Pure and MicroPython-compatible, so it is tested without root; the daemon (passthrough/daemon.py)
+is a thin I/O shell that feeds it NFQUEUE packets and applies the ops with nft.
+
+What reaches us (see nat/nftables.py, classify chain): outbound IKE and L2TP control packets, the
+first packet of every LAN host and of every outbound ESP SPI; inbound IKE / ESP / L2TP packets
+whose demux key the kernel does not know yet, and all inbound L2TP control packets.
+
+Pairing inbound ESP SPIs: ESP SPIs are chosen by each receiver and carried encrypted in IKE, so a
+router cannot read them. Like commercial routers we pair an unknown inbound SPI from server S with
+the LAN host whose outbound SA to S is the oldest one still waiting for its inbound twin
+(within pair_window seconds). Ambiguity (two hosts waiting in the same instant, replies
+reordered) can mis-pair; it is logged and the kernel entry is corrected when the next unknown
+SPI arrives from that server.
+"""
+from nat.mapping import ZoneAllocator, HostTableFull, key_op, esp_out_op, ESP_OUT
+from passthrough.flows import Flow, FlowTable, TableFull, FAMILY
+
+L2TP_CLOSING_GRACE = 10.0  # keep a tunnel's mapping this long after StopCCN so its ack gets through
+
+
+def _int16(text):
+    return int(text, 16)
+
+
+class Engine:
+    def __init__(self, cfg, log=None):
+        self.cfg = cfg
+        self.log = log or (lambda level, msg: None)
+        self.zones = ZoneAllocator(cfg.zone_base, cfg.max_hosts)
+        self.flows = FlowTable(cfg.max_flows, cfg.flows_per_host, cfg.flow_timeout)
+        self.pending = {}       # (kind, lan_ip, remote_ip, out_spi) -> Flow awaiting its inbound SPI
+        self.host_seen = {}     # lan_ip -> last activity (zone lifetime)
+        self.stats = {"queued": 0, "outbound": 0, "inbound": 0, "malformed": 0, "unmatched": 0,
+                      "paired": 0, "table_full": 0, "ambiguous": 0}
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _allowed(self, kind):
+        return self.cfg.kind_enabled(FAMILY[kind])
+
+    def _zone(self, lan_ip, now, ops):
+        self.host_seen[lan_ip] = now
+        try:
+            zone, zops = self.zones.assign(lan_ip)
+        except HostTableFull as e:
+            self.stats["table_full"] += 1
+            self.log("warning", "%s: %s; its VPN traffic gets plain NAT" % (lan_ip, e))
+            return None
+        if zops:
+            self.log("info", "LAN host %s -> conntrack zone %d" % (lan_ip, zone))
+        ops.extend(zops)
+        return zone
+
+    def _add_flow(self, flow, now, ops):
+        try:
+            self.flows.add(flow, now)
+        except TableFull as e:
+            self.stats["table_full"] += 1
+            self.log("warning", "not tracking %s %s: %s" % (flow.kind, flow.key_text(), e))
+            return None
+        op = key_op(flow)
+        if op:
+            ops.append(op)
+        return flow
+
+    def _drop_flow(self, flow, ops):
+        if self.flows.remove(flow):
+            op = key_op(flow, add=False)
+            if op:
+                ops.append(op)
+            op = esp_out_op(flow, add=False)
+            if op:
+                ops.append(op)
+
+    # --- the entry point ---------------------------------------------------------------------
+    def handle(self, d, inbound, now):
+        """Process one decoded packet (passthrough.proto.decode_ip dict); return kernel ops."""
+        self.stats["queued"] += 1
+        ops = []
+        if d.get("error") and d.get("proto") in (None, "other"):
+            self.stats["malformed"] += 1
+            return ops
+        proto = d.get("proto")
+        if d.get("ipver") != 4:
+            return ops  # NAT (and so zones) only exist for IPv4
+        if inbound:
+            self.stats["inbound"] += 1
+            self._inbound(d, proto, now, ops)
+        else:
+            self.stats["outbound"] += 1
+            self._outbound(d, proto, now, ops)
+        return ops
+
+    # --- LAN -> WAN ----------------------------------------------------------------------------
+    def _outbound(self, d, proto, now, ops):
+        lan, remote = d["src"], d["dst"]
+        if proto == "l2tp":
+            if not self._allowed("l2tp"):
+                return
+        elif proto in ("ike", "esp", "natt-keepalive"):
+            if not self._allowed("ike"):
+                return
+        elif d.get("l4") == 17 and not (d.get("sport") in (500, 4500, 1701) or d.get("dport") in (500, 4500, 1701)):
+            return
+        zone = self._zone(lan, now, ops)
+        if zone is None or d.get("error"):
+            if d.get("error"):
+                self.stats["malformed"] += 1
+                self.log("debug", "outbound %s from %s: %s" % (proto, lan, d["error"]))
+            return
+        if proto == "ike" and d.get("ike_spi_i"):
+            self._ike_out(d, lan, remote, zone, now, ops)
+        elif proto == "esp" and d.get("esp_spi"):
+            self._esp_out(d, lan, remote, zone, now, ops)
+        elif proto == "l2tp" and d.get("l2tp_version") == 2:
+            self._l2tp_out(d, lan, remote, zone, now, ops)
+
+    def _ike_out(self, d, lan, remote, zone, now, ops):
+        spi_i = _int16(d["ike_spi_i"])
+        if spi_i == 0:
+            return
+        f = self.flows.get("ike", remote, spi_i)
+        if f is not None and f.lan_ip != lan:
+            # Two LAN hosts chose the same 64-bit SPI_i: astronomically rare; the newest wins.
+            self.log("warning", "IKE SPI %016x to %s moved from %s to %s" % (spi_i, remote, f.lan_ip, lan))
+            self._drop_flow(f, ops)
+            f = None
+        if f is None:
+            f = Flow("ike", lan, remote, spi_i, now, zone)
+            f.lan_port, f.wan_port, f.remote_port = d["sport"], d["sport"], d["dport"]
+            f.detail = "IKEv%s" % d.get("ike_version")
+            if self._add_flow(f, now, ops) is None:
+                return
+            self.log("info", "IKE SA %016x %s:%s -> %s:%s (zone %d)" % (spi_i, lan, d["sport"], remote, d["dport"], zone))
+        f.touch(now)
+        f.remote_port = d["dport"]
+        f.lan_port = f.wan_port = d["sport"]
+        if d.get("ike_spi_r") and d["ike_spi_r"] != "0" * 16:
+            f.key_out = _int16(d["ike_spi_r"])
+        f.state = d.get("ike_exchange") or f.state
+
+    def _esp_out(self, d, lan, remote, zone, now, ops):
+        spi = _int16(d["esp_spi"])
+        kind = "natt" if d.get("esp_udp") else "esp"
+        for f in self.flows.find(kind, lan, remote):
+            if f.key_out == spi:
+                f.touch(now)
+                return  # kernel already knows it; raced with the set update
+        pk = (kind, lan, remote, spi)
+        if pk in self.pending:
+            self.pending[pk].touch(now)
+            return
+        limit = max(16, self.cfg.max_flows // 4)
+        if len(self.pending) >= limit:
+            self._expire_pending(now, ops)
+            if len(self.pending) >= limit:
+                self.stats["table_full"] += 1
+                self.log("warning", "pending ESP table full (%d); %s SPI %08x not tracked" % (limit, lan, spi))
+                return
+        f = Flow(kind, lan, remote, None, now, zone)
+        f.key_out = spi
+        f.state = "pending"
+        if kind == "natt":
+            f.lan_port, f.wan_port, f.remote_port = d["sport"], d["sport"], d["dport"]
+        f.touch(now)
+        self.pending[pk] = f
+        ops.append(esp_out_op(f))
+        self.log("info", "%s SA out %08x %s -> %s (zone %d) waiting for inbound SPI" % (kind.upper(), spi, lan, remote, zone))
+
+    def _l2tp_out(self, d, lan, remote, zone, now, ops):
+        if not d.get("l2tp_control"):
+            return
+        mtype = d.get("l2tp_type")
+        tid = d.get("l2tp_assigned_tunnel")
+        f = None
+        if mtype == "SCCRQ" and tid:
+            f = self.flows.get("l2tp", remote, tid)
+            if f is not None and f.lan_ip != lan:
+                self.log("warning", "L2TP tunnel id %d to %s used by %s and %s; newest wins" % (tid, remote, f.lan_ip, lan))
+                self._drop_flow(f, ops)
+                f = None
+            if f is None:
+                f = Flow("l2tp", lan, remote, tid, now, zone)
+                if self._add_flow(f, now, ops) is None:
+                    return
+                self.log("info", "L2TP tunnel %d %s:%s -> %s:%s (zone %d)" % (tid, lan, d["sport"], remote, d["dport"], zone))
+            f.lan_port = f.wan_port = d["sport"]
+            f.remote_port = d["dport"]
+        else:
+            # Later messages carry the peer's tunnel id in the header: find our tunnel by it.
+            peer_tid = d.get("l2tp_tunnel")
+            for cand in self.flows.find("l2tp", lan, remote):
+                if cand.key_out == peer_tid:
+                    f = cand
+                    break
+            if f is None:
+                return
+            f.remote_port = d["dport"]
+        f.touch(now)
+        if mtype and mtype != "ZLB":
+            f.state = mtype
+        if mtype == "StopCCN":
+            f.expires = now + L2TP_CLOSING_GRACE
+
+    # --- WAN -> LAN ----------------------------------------------------------------------------
+    def _inbound(self, d, proto, now, ops):
+        remote = d["src"]
+        if d.get("error"):
+            self.stats["malformed"] += 1
+            self.log("debug", "inbound %s from %s: %s" % (proto, remote, d["error"]))
+            return
+        if proto == "ike" and d.get("ike_spi_i"):
+            if self._allowed("ike"):
+                self._ike_in(d, remote, now, ops)
+        elif proto == "esp" and d.get("esp_spi"):
+            if self._allowed("esp"):
+                self._esp_in(d, remote, now, ops)
+        elif proto == "l2tp" and d.get("l2tp_version") == 2:
+            if self._allowed("l2tp"):
+                self._l2tp_in(d, remote, now, ops)
+
+    def _ike_in(self, d, remote, now, ops):
+        spi_i = _int16(d["ike_spi_i"])
+        f = self.flows.get("ike", remote, spi_i)
+        if f is not None:
+            f.touch(now)
+            return
+        # A new IKE SA started by the server (rekey/reauth as initiator): only unambiguous when
+        # exactly one LAN host talks IKE with this server.
+        hosts = set(x.lan_ip for x in self.flows.find("ike", remote_ip=remote))
+        if len(hosts) != 1:
+            self.stats["unmatched" if not hosts else "ambiguous"] += 1
+            self.log("info", "inbound IKE SPI %016x from %s matches %s" % (
+                spi_i, remote, "no LAN host" if not hosts else "%d LAN hosts; not forwarded" % len(hosts)))
+            return
+        lan = hosts.pop()
+        zone = self._zone(lan, now, ops)
+        if zone is None:
+            return
+        f = Flow("ike", lan, remote, spi_i, now, zone)
+        f.remote_port, f.wan_port = d["sport"], d["dport"]
+        f.lan_port = d["dport"]
+        f.detail = "IKEv%s (peer-initiated)" % d.get("ike_version")
+        if self._add_flow(f, now, ops):
+            f.touch(now)
+            self.log("info", "IKE SA %016x from %s -> %s (peer-initiated, zone %d)" % (spi_i, remote, lan, zone))
+
+    def _esp_in(self, d, remote, now, ops):
+        spi = _int16(d["esp_spi"])
+        kind = "natt" if d.get("esp_udp") else "esp"
+        f = self.flows.get(kind, remote, spi)
+        if f is not None:
+            f.touch(now)
+            return
+        best = None
+        for pk in self.pending:
+            p = self.pending[pk]
+            if p.kind != kind or p.remote_ip != remote or now - p.created > self.cfg.pair_window:
+                continue
+            if best is None or p.created < best.created:
+                best = p
+        if best is None:
+            self.stats["unmatched"] += 1
+            self.log("info", "inbound %s SPI %08x from %s: no LAN host waiting for it" % (kind.upper(), spi, remote))
+            return
+        del self.pending[(kind, best.lan_ip, remote, best.key_out)]
+        best.key = spi
+        best.state = "up"
+        if self._add_flow(best, now, ops) is None:
+            ops.append(esp_out_op(best, add=False))
+            return
+        best.touch(now)
+        self.stats["paired"] += 1
+        self.host_seen[best.lan_ip] = now
+        self.log("info", "%s SA in %08x from %s -> %s (paired with out %08x, zone %d)" % (
+            kind.upper(), spi, remote, best.lan_ip, best.key_out, best.zone))
+
+    def _l2tp_in(self, d, remote, now, ops):
+        tid = d.get("l2tp_tunnel")
+        f = self.flows.get("l2tp", remote, tid) if tid else None
+        if f is None:
+            self.stats["unmatched"] += 1
+            if tid:
+                self.log("info", "inbound L2TP tunnel %s from %s matches no LAN host" % (tid, remote))
+            return
+        f.touch(now)
+        mtype = d.get("l2tp_type")
+        if d.get("l2tp_control"):
+            if mtype == "SCCRP" and d.get("l2tp_assigned_tunnel"):
+                f.key_out = d["l2tp_assigned_tunnel"]
+                if d["sport"] != f.remote_port:
+                    self.log("info", "L2TP tunnel %d: %s answers from port %d (RFC 2661 8.1)" % (tid, remote, d["sport"]))
+                f.remote_port = d["sport"]
+            if mtype and mtype != "ZLB":
+                f.state = mtype
+            if mtype == "StopCCN":
+                f.expires = now + L2TP_CLOSING_GRACE
+
+    # --- housekeeping ----------------------------------------------------------------------------
+    def _expire_pending(self, now, ops):
+        for pk in list(self.pending):
+            p = self.pending[pk]
+            if now - p.last_seen > self.cfg.pair_window:
+                del self.pending[pk]
+                ops.append(esp_out_op(p, add=False))
+
+    def expire(self, now):
+        """Time out idle flows, stale pending SAs and hosts with nothing left; return ops."""
+        ops = []
+        for f in self.flows.expire(now):
+            op = key_op(f, add=False)
+            if op:
+                ops.append(op)
+            op = esp_out_op(f, add=False)
+            if op:
+                ops.append(op)
+            self.log("info", "%s %s of %s expired" % (f.kind, f.key_text(), f.lan_ip))
+        self._expire_pending(now, ops)
+        busy = set(self.flows.hosts())
+        for pk in self.pending:
+            busy.add(pk[1])
+        for lan in self.zones.hosts():
+            if lan not in busy and now - self.host_seen.get(lan, 0) > self.cfg.flow_timeout:
+                zone, zops = self.zones.release(lan)
+                ops.extend(zops)
+                self.host_seen.pop(lan, None)
+                self.log("info", "LAN host %s released zone %d" % (lan, zone))
+        return ops
+
+    def drop_family(self, family):
+        """Forget every flow of a family (its toggle went off); return ops."""
+        ops = []
+        for f in list(self.flows.flows.values()):
+            if FAMILY[f.kind] == family:
+                self._drop_flow(f, ops)
+        if family == "ipsec":
+            for pk in list(self.pending):
+                ops.append(esp_out_op(self.pending.pop(pk), add=False))
+        return ops
+
+    def set_config(self, cfg):
+        """Apply a reloaded config; returns (ops, families switched off)."""
+        old = self.cfg
+        self.cfg = cfg
+        self.flows.max_flows = cfg.max_flows
+        self.flows.flows_per_host = cfg.flows_per_host
+        self.flows.timeout = cfg.flow_timeout
+        ops, off = [], []
+        for fam in ("ipsec", "l2tp", "pptp"):
+            if old.kind_enabled(fam) and not cfg.kind_enabled(fam):
+                off.append(fam)
+                ops.extend(self.drop_family(fam))
+        return ops, off
+
+    def status(self, now):
+        rows = [f.as_dict(now) for f in self.flows.flows.values()]
+        rows.extend(p.as_dict(now) for p in self.pending.values())
+        rows.sort(key=lambda r: (r["lan_ip"], r["kind"], r["key"] or ""))
+        return rows
+
+    def zone_hosts(self):
+        out = {}
+        for lan in self.zones.by_host:
+            out[lan] = self.zones.by_host[lan]
+        return out
