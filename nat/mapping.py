@@ -89,8 +89,29 @@ def key_op(flow, add=True):
         return None
     name = KEY_MAP[flow.kind]
     if add:
-        return ("add", name, (flow.remote_ip, flow.key), flow.zone)
+        return ("add", name, (flow.remote_ip, flow.key), flow.zone, flow_comment(flow))
     return ("del", name, (flow.remote_ip, flow.key))
+
+
+def flow_comment(flow):
+    """What the kernel keeps about a flow in its map element's comment, so that a restarted
+    daemon can re-adopt the flow (parse_flow_comment reverses it)."""
+    return "%s %s %s %s %s" % (flow.kind, flow.lan_ip, flow.lan_port, flow.remote_port, flow.key_out)
+
+
+def parse_flow_comment(text):
+    """(kind, lan_ip, lan_port, remote_port, key_out) or None when it is not ours."""
+    parts = (text or "").split()
+    if len(parts) != 5 or parts[0] not in KEY_MAP:
+        return None
+
+    def num(x):
+        return None if x == "None" else int(x)
+
+    try:
+        return parts[0], parts[1], num(parts[2]), num(parts[3]), num(parts[4])
+    except ValueError:
+        return None
 
 
 def esp_out_op(flow, add=True):

@@ -14,7 +14,8 @@ the LAN host whose outbound SA to S is the oldest one still waiting for its inbo
 reordered) can mis-pair; it is logged and the kernel entry is corrected when the next unknown
 SPI arrives from that server.
 """
-from nat.mapping import ZoneAllocator, HostTableFull, key_op, esp_out_op, ESP_OUT
+from nat.mapping import (ZoneAllocator, HostTableFull, key_op, esp_out_op, parse_flow_comment,
+                         KEY_MAP, ESP_OUT)
 from passthrough.flows import Flow, FlowTable, TableFull, FAMILY
 
 L2TP_CLOSING_GRACE = 10.0  # keep a tunnel's mapping this long after StopCCN so its ack gets through
@@ -352,6 +353,43 @@ class Engine:
                 off.append(fam)
                 ops.extend(self.drop_family(fam))
         return ops, off
+
+    def adopt(self, lan_zone, keyed, esp_out, now):
+        """Rebuild state from what the kernel kept across a daemon restart.
+
+        lan_zone: [(lan_ip, zone)]; keyed: [(map_name, remote_ip, key, zone, comment)];
+        esp_out: [(lan_ip, spi)]. Returns ops removing what cannot be re-adopted (so those
+        packets get queued and learned afresh) and the number of flows adopted.
+        """
+        ops = []
+        for lan, zone in lan_zone:
+            self.zones.assign(lan, zone)
+            self.host_seen[lan] = now
+        adopted = 0
+        known_out = set()
+        for name, remote, key, zone, comment in keyed:
+            info = parse_flow_comment(comment)
+            lan = self.zones.host_of(zone)
+            if info is None or lan is None or info[1] != lan or KEY_MAP[info[0]] != name:
+                ops.append(("del", name, (remote, key)))
+                continue
+            f = Flow(info[0], lan, remote, key, now, zone)
+            f.lan_port = f.wan_port = info[2]
+            f.remote_port = info[3]
+            f.key_out = info[4]
+            f.detail = "adopted"
+            try:
+                self.flows.add(f)
+            except TableFull:
+                ops.append(("del", name, (remote, key)))
+                continue
+            adopted += 1
+            if f.kind in ("esp", "natt") and f.key_out is not None:
+                known_out.add((lan, f.key_out))
+        for lan, spi in esp_out:
+            if (lan, spi) not in known_out:
+                ops.append(("del", ESP_OUT, (lan, spi)))
+        return ops, adopted
 
     def status(self, now):
         rows = [f.as_dict(now) for f in self.flows.flows.values()]

@@ -1,0 +1,281 @@
+"""Kernel programming: nftables (libnftables in-process, `nft` CLI as fallback), the iptables
+NFQUEUE rule on kernels without nft_queue, and conntrack teardown. The thin I/O shell around
+nat/nftables.py; nothing here decides policy.
+"""
+import ctypes
+import ctypes.util
+import json
+import logging
+import shutil
+import subprocess
+
+from nat import nftables as nftx
+
+log = logging.getLogger("passthrough.kernel")
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+class Nft:
+    """Runs nft command text. libnftables keeps per-element updates well under a millisecond."""
+
+    def __init__(self, use_lib=True):
+        self._ctx = None
+        self._lib = None
+        if use_lib:
+            name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+            try:
+                lib = ctypes.CDLL(name)
+                lib.nft_ctx_new.restype = ctypes.c_void_p
+                lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+                lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+                lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+                lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+                lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+                lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+                lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+                lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+                lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+                ctx = lib.nft_ctx_new(0)
+                lib.nft_ctx_buffer_output(ctx)
+                lib.nft_ctx_buffer_error(ctx)
+                self._lib, self._ctx = lib, ctx
+            except (OSError, AttributeError) as e:
+                log.debug("libnftables unavailable (%s); using the nft command", e)
+        if self._ctx is None and not shutil.which("nft"):
+            raise KernelError("neither libnftables nor the nft command is available (install nftables)")
+
+    def run(self, text, json_out=False):
+        """Run commands; return (ok, stdout, stderr)."""
+        if self._ctx is not None:
+            self._lib.nft_ctx_output_set_flags(self._ctx, 1 << 4 if json_out else 0)  # NFT_CTX_OUTPUT_JSON
+            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+            return rc == 0, out, err
+        cmd = ["nft"] + (["-j"] if json_out else []) + ["-f", "-"]
+        p = subprocess.run(cmd, input=text, capture_output=True, text=True)
+        return p.returncode == 0, p.stdout, p.stderr
+
+    def check(self, text, what):
+        ok, out, err = self.run(text)
+        if not ok:
+            raise KernelError("%s: %s" % (what, err.strip()))
+        return out
+
+    def list_json(self, what):
+        ok, out, err = self.run("list " + what, json_out=True)
+        if not ok:
+            return None
+        try:
+            return json.loads(out)["nftables"]
+        except (ValueError, KeyError):
+            return None
+
+
+def _iptables():
+    for name in ("iptables", "iptables-nft", "iptables-legacy"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def iptables_queue_spec(cfg):
+    if cfg.queue_count > 1:
+        target = ["--queue-balance", "%d:%d" % (cfg.queue_num, cfg.queue_num + cfg.queue_count - 1)]
+    else:
+        target = ["--queue-num", str(cfg.queue_num)]
+    return ["-t", "raw", "PREROUTING", "-m", "mark", "--mark", "0x%x/0x%x" % (cfg.mark_bit, cfg.mark_bit),
+            "-m", "comment", "--comment", "passthrough", "-j", "NFQUEUE"] + target + ["--queue-bypass"]
+
+
+class Kernel:
+    """Installs/removes passthrough's rules and applies element ops."""
+
+    def __init__(self, cfg, nft=None):
+        self.cfg = cfg
+        self.nft = nft or Nft()
+        self.backend = None
+        self.iptables = _iptables()
+
+    # --- capability detection -----------------------------------------------------------------
+    def detect_backend(self):
+        want = self.cfg.queue_backend
+        if want in ("auto", "nft"):
+            probe = ("table ip passthrough_probe { chain c { type filter hook prerouting priority 0; "
+                     "meta l4proto 253 queue flags bypass to %d; } }\ndelete table ip passthrough_probe\n" % self.cfg.queue_num)
+            ok, _, err = self.nft.run(probe)
+            self.nft.run("delete table ip passthrough_probe")
+            if ok:
+                return "nft"
+            if want == "nft":
+                raise KernelError("nft queue statement unsupported by this kernel (CONFIG_NFT_QUEUE / kmod-nft-queue): %s" % err.strip())
+        if not self.iptables:
+            raise KernelError("no way to queue packets: nft queue unsupported and no iptables (need kmod-nft-queue, "
+                              "or iptables with xt_NFQUEUE)")
+        # Probe the xt NFQUEUE target in a scratch chain.
+        ipt = self.iptables
+        subprocess.run([ipt, "-w", "-t", "raw", "-N", "PASSTHROUGH_PROBE"], capture_output=True)
+        p = subprocess.run([ipt, "-w", "-t", "raw", "-A", "PASSTHROUGH_PROBE", "-p", "253", "-j", "NFQUEUE",
+                            "--queue-num", str(self.cfg.queue_num), "--queue-bypass"], capture_output=True, text=True)
+        subprocess.run([ipt, "-w", "-t", "raw", "-F", "PASSTHROUGH_PROBE"], capture_output=True)
+        subprocess.run([ipt, "-w", "-t", "raw", "-X", "PASSTHROUGH_PROBE"], capture_output=True)
+        if p.returncode != 0:
+            raise KernelError("no way to queue packets: nft queue unsupported and iptables NFQUEUE failed: %s"
+                              % p.stderr.strip())
+        return "iptables"
+
+    def check_features(self):
+        """Fail early with a clear message if conntrack zones / ct timeout / maps are missing."""
+        probe = ("table ip passthrough_probe {\n"
+                 "\tct timeout t { protocol udp; l3proto ip; policy = { unreplied : 120, replied : 120 }; }\n"
+                 "\tmap m { typeof ip saddr . @th,64,64 : ct zone; counter; }\n"
+                 "\tchain c { type filter hook prerouting priority -250; ct zone set ip saddr . @th,64,64 map @m; }\n"
+                 "\tchain d { type nat hook prerouting priority -110; ct zone != 0 dnat ip to ct zone map { 1 : 127.0.0.1 }; }\n"
+                 "}\ndelete table ip passthrough_probe\n")
+        ok, _, err = self.nft.run(probe)
+        self.nft.run("delete table ip passthrough_probe")
+        if not ok:
+            raise KernelError("kernel lacks a feature passthrough needs (conntrack zones, ct timeout, nft maps "
+                              "with raw payload keys, NAT): %s" % err.strip())
+
+    # --- install / remove ----------------------------------------------------------------------
+    def install(self, backend):
+        self.backend = backend
+        self.nft.check(nftx.replace_table("ip", nftx.TABLE, nftx.render_fastpath(self.cfg, backend)),
+                       "installing fast-path table")
+        self.apply_policy(self.cfg)
+        if backend == "iptables":
+            self._iptables_rule("-D", quiet=True)
+            self._iptables_rule("-I")
+
+    def adopt_or_install(self, backend):
+        """Keep the fast-path table (and its learned maps) if a previous run left one: a daemon
+        restart must not cut established VPNs. Returns the JSON elements of the kept maps."""
+        kept = self.nft.list_json("table ip %s" % nftx.TABLE)
+        if kept:
+            self.backend = backend
+            self.reload_chains(self.cfg)
+            self.apply_policy(self.cfg)
+            if backend == "iptables":
+                self._iptables_rule("-D", quiet=True)
+                self._iptables_rule("-I")
+            return kept
+        self.install(backend)
+        return None
+
+    def reload_chains(self, cfg):
+        """Swap the chains for a new config (toggles, devices) without losing map contents."""
+        self.cfg = cfg
+        body = nftx.render_fastpath(cfg, self.backend)
+        chains = []
+        for name in ("classify", "classify_out", "classify_in", "steer", "mangle_prerouting", "nat_prerouting"):
+            chains.append("flush chain ip %s %s" % (nftx.TABLE, name))
+        # Re-declaring the table adds the new rules; the flush above removed the old ones.
+        self.nft.check("\n".join(chains) + "\n" + body, "reloading fast-path chains")
+
+    def apply_policy(self, cfg):
+        self.nft.check(nftx.replace_table("inet", nftx.POLICY_TABLE, nftx.render_policy(cfg)), "installing policy table")
+
+    def remove(self, keep_policy=False):
+        self.nft.run("delete table ip %s" % nftx.TABLE)
+        if not keep_policy:
+            self.nft.run("delete table inet %s" % nftx.POLICY_TABLE)
+        if self.backend == "iptables" or self.backend is None:
+            self._iptables_rule("-D", quiet=True)
+
+    def _iptables_rule(self, verb, quiet=False):
+        if not self.iptables:
+            return
+        spec = iptables_queue_spec(self.cfg)
+        cmd = [self.iptables, "-w", spec[0], spec[1], verb, spec[2]] + spec[3:]
+        while True:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if verb != "-D" or p.returncode != 0:
+                break  # -D: repeat until every copy is gone
+        if p.returncode != 0 and not quiet:
+            raise KernelError("%s: %s" % (" ".join(cmd), p.stderr.strip()))
+
+    # --- element ops ---------------------------------------------------------------------------------
+    def apply(self, ops):
+        """Apply ops in one transaction; on failure fall back to one by one so one stale element
+        cannot block the rest. Returns the number of ops that failed."""
+        if not ops:
+            return 0
+        lines = [nftx.render_op(op) for op in ops]
+        ok, _, err = self.nft.run("\n".join(lines) + "\n")
+        if ok:
+            return 0
+        failed = 0
+        for op, line in zip(ops, lines):
+            ok, _, err = self.nft.run(line + "\n")
+            if not ok and op[0] == "add":
+                # Same key, other value (e.g. a zone reused): replace it.
+                self.nft.run(nftx.render_op(("del",) + tuple(op[1:3])) + "\n")
+                ok, _, err = self.nft.run(line + "\n")
+            if not ok and op[0] != "del":
+                failed += 1
+                log.warning("nft: %s: %s", line, err.strip())
+        return failed
+
+    def map_elements(self, name):
+        """[(key_parts, value, packets, comment)] of one of our maps/sets."""
+        data = self.nft.list_json("map ip %s %s" % (nftx.TABLE, name)) if name != "esp_out" else \
+            self.nft.list_json("set ip %s %s" % (nftx.TABLE, name))
+        return parse_elements(data)
+
+    # --- conntrack ----------------------------------------------------------------------------------------
+    def flush_conntrack(self, family, zones):
+        """Delete conntrack entries of a family in zone 0 and in our zones (conntrack -D only
+        deletes in the zone it is given). Returns the number deleted."""
+        if not shutil.which("conntrack"):
+            log.warning("conntrack tool missing: existing %s connections are not cut", family)
+            return 0
+        filters = {
+            "l2tp": [["-p", "udp", "--orig-port-dst", "1701"], ["-p", "udp", "--orig-port-src", "1701"], ["-p", "115"]],
+            "ipsec": [["-p", "udp", "--orig-port-dst", "500"], ["-p", "udp", "--orig-port-src", "500"],
+                      ["-p", "udp", "--orig-port-dst", "4500"], ["-p", "udp", "--orig-port-src", "4500"],
+                      ["-p", "50"], ["-p", "51"]],
+            "pptp": [["-p", "tcp", "--orig-port-dst", "1723"], ["-p", "47"]],
+        }[family]
+        procs = []
+        for zone in [0] + sorted(zones):
+            for f in filters:
+                cmd = ["conntrack", "-D"] + f + (["-w", str(zone)] if zone else [])
+                procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        deleted = 0
+        for p in procs:
+            _, err = p.communicate()
+            for word in err.split("):")[-1:]:
+                parts = word.split()
+                if parts and parts[0].isdigit():
+                    deleted += int(parts[0])
+        return deleted
+
+
+def parse_elements(data):
+    out = []
+    if not data:
+        return out
+    for item in data:
+        body = item.get("map") or item.get("set")
+        if not body:
+            continue
+        for elem in body.get("elem", []):
+            value = None
+            if isinstance(elem, list):
+                elem, value = elem[0], elem[1]
+            packets, comment = 0, None
+            if isinstance(elem, dict) and "elem" in elem:
+                inner = elem["elem"]
+                packets = (inner.get("counter") or {}).get("packets", 0)
+                comment = inner.get("comment")
+                elem = inner.get("val")
+            if isinstance(elem, dict) and "concat" in elem:
+                key = tuple(elem["concat"])
+            else:
+                key = (elem,)
+            out.append((key, value, packets, comment))
+    return out

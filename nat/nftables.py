@@ -1,0 +1,182 @@
+"""nftables text for the fast path and the policy: pure functions, no I/O.
+
+Two tables, so that policy outlives the daemon (fail-closed) while queueing fails open:
+- `ip passthrough`: classify (queue control/first packets), steer (into per-host conntrack
+  zones), mangle (VPN UDP conntrack timeout, PPTP helper), dnat (new inbound connections in a
+  host's zone go to that host). Priorities: classify raw-10 (-310, before iptables-nft raw at
+  -300 which holds the NFQUEUE rule on kernels without nft_queue), steer -250 (after the queue,
+  before conntrack at -200), mangle -150, dnat -110 (before fw4's dstnat at -100).
+- `inet passthrough_policy`: forward-hook drops for families switched off.
+
+Payload offsets (@th = transport header, bits): UDP payload starts at 64. IKE initiator SPI is
+the first 8 bytes of IKE (@th,64,64 on 500; after the 4-byte non-ESP marker on 4500:
+@th,96,64); ESP SPI is @th,0,32 raw and @th,64,32 in UDP (RFC 3948); an L2TPv2 header keeps the
+tunnel id at byte 4 when the L(ength) bit is set (all control messages), else at byte 2.
+"""
+from nat.mapping import LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, ESP_OUT, L2TP_ZONE
+
+TABLE = "passthrough"
+POLICY_TABLE = "passthrough_policy"
+VPN_UDP = "{ 500, 4500, 1701 }"
+
+KEY_TYPES = {
+    LAN_ZONE: "typeof ip saddr : ct zone",
+    ZONE_LAN: "typeof ct zone : ip daddr",
+    IKE_ZONE: "typeof ip saddr . @th,64,64 : ct zone",
+    ESP_ZONE: "typeof ip saddr . @th,0,32 : ct zone",
+    L2TP_ZONE: "typeof ip saddr . @th,96,16 : ct zone",
+}
+COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE, LAN_ZONE)
+
+# Per family: forwarded traffic dropped when its passthrough toggle is off.
+POLICY_DROPS = {
+    "l2tp": ["udp dport 1701", "udp sport 1701", "meta l4proto 115"],  # L2TPv2/v3 over UDP, L2TPv3 over IP
+    "ipsec": ["udp dport { 500, 4500 }", "udp sport { 500, 4500 }", "meta l4proto { esp, ah }"],
+    "pptp": ["tcp dport 1723", "tcp sport 1723", "meta l4proto gre"],
+}
+
+
+def quote_dev(name):
+    return '"%s"' % name
+
+
+def queue_stmt(cfg, backend):
+    """The verdict that hands a packet to the daemon (fails open when nobody listens)."""
+    if backend == "nft":
+        if cfg.queue_count > 1:
+            return "queue flags bypass,fanout to %d-%d" % (cfg.queue_num, cfg.queue_num + cfg.queue_count - 1)
+        return "queue flags bypass to %d" % cfg.queue_num
+    # No nft_queue in the kernel: mark here, iptables' raw PREROUTING (-300) queues marked packets.
+    return "meta mark set meta mark | 0x%08x return" % cfg.mark_bit
+
+
+def render_fastpath(cfg, backend):
+    lan, wan = quote_dev(cfg.lan_device), quote_dev(cfg.wan_device)
+    q = queue_stmt(cfg, backend)
+    ipsec = cfg.kind_enabled("ipsec")
+    l2tp = cfg.kind_enabled("l2tp")
+    out = ["table ip %s {" % TABLE]
+    t = cfg.udp_timeout
+    out.append("\tct timeout vpn-udp { protocol udp; l3proto ip; policy = { unreplied : %d, replied : %d }; }" % (t, t))
+    out.append('\tct helper pptp { type "pptp" protocol tcp; l3proto ip; }')
+    for name in (LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, L2TP_ZONE):
+        extra = " counter;" if name in COUNTED else ""
+        out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
+    out.append("\tset %s { typeof ip saddr . @th,0,32; }" % ESP_OUT)
+
+    out.append("\tchain classify {")
+    out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
+    out.append("\t\tiifname %s jump classify_out" % lan)
+    out.append("\t\tiifname %s jump classify_in" % wan)
+    out.append("\t}")
+
+    co = []
+    # First VPN packet of a LAN host: the daemon gives the host its zone.
+    co.append("udp sport %s ip saddr != @%s %s" % (VPN_UDP, LAN_ZONE, q))
+    co.append("udp dport %s ip saddr != @%s %s" % (VPN_UDP, LAN_ZONE, q))
+    if ipsec:
+        co.append("meta l4proto esp ip saddr != @%s %s" % (LAN_ZONE, q))
+        co.append("udp dport 500 %s" % q)  # IKE: learn initiator SPIs
+        co.append("udp dport 4500 udp length > 12 @th,64,32 0 %s" % q)  # IKE after non-ESP marker
+        co.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (ESP_OUT, q))
+        co.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (ESP_OUT, q))
+    if l2tp:
+        co.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # control (T bit)
+        co.append("udp sport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # LNS moved to another port
+    out.append("\tchain classify_out {")
+    out.extend("\t\t" + r for r in co)
+    out.append("\t}")
+
+    ci = []
+    if ipsec:
+        ci.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (IKE_ZONE, q))
+        ci.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (IKE_ZONE, q))
+        ci.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (ESP_ZONE, q))
+        ci.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (ESP_ZONE, q))
+    if l2tp:
+        ci.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)
+        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (L2TP_ZONE, q))
+        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (L2TP_ZONE, q))
+    out.append("\tchain classify_in {")
+    out.extend("\t\t" + r for r in ci)
+    out.append("\t}")
+
+    out.append("\tchain steer {")
+    out.append("\t\ttype filter hook prerouting priority -250; policy accept;")
+    if backend != "nft":
+        out.append("\t\tmeta mark & 0x%08x == 0x%08x meta mark set meta mark & 0x%08x" % (
+            cfg.mark_bit, cfg.mark_bit, 0xFFFFFFFF ^ cfg.mark_bit))
+    out.append("\t\tiifname %s udp sport %s ct zone set ip saddr map @%s" % (lan, VPN_UDP, LAN_ZONE))
+    out.append("\t\tiifname %s udp dport %s ct zone set ip saddr map @%s" % (lan, VPN_UDP, LAN_ZONE))
+    out.append("\t\tiifname %s meta l4proto esp ct zone set ip saddr map @%s" % (lan, LAN_ZONE))
+    out.append("\t\tiifname %s udp dport 500 ct zone set ip saddr . @th,64,64 map @%s" % (wan, IKE_ZONE))
+    out.append("\t\tiifname %s udp dport 4500 @th,64,32 0 ct zone set ip saddr . @th,96,64 map @%s" % (wan, IKE_ZONE))
+    out.append("\t\tiifname %s udp dport 4500 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s" % (wan, ESP_ZONE))
+    out.append("\t\tiifname %s meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s" % (wan, ESP_ZONE))
+    out.append("\t\tiifname %s udp dport 1701 @th,64,8 & 0x40 == 0x40 ct zone set ip saddr . @th,96,16 map @%s" % (wan, L2TP_ZONE))
+    out.append("\t\tiifname %s udp dport 1701 @th,64,8 & 0x40 == 0x00 ct zone set ip saddr . @th,80,16 map @%s" % (wan, L2TP_ZONE))
+    out.append("\t}")
+
+    out.append("\tchain mangle_prerouting {")
+    out.append("\t\ttype filter hook prerouting priority -150; policy accept;")
+    # Kernel default UDP timeout (30 s) is shorter than L2TP's 60 s HELLO: tunnels would die.
+    out.append("\t\tct state new udp dport %s ct timeout set \"vpn-udp\"" % VPN_UDP)
+    out.append("\t\tct state new udp sport %s ct timeout set \"vpn-udp\"" % VPN_UDP)
+    if cfg.kind_enabled("pptp"):
+        out.append("\t\tiifname %s tcp dport 1723 ct helper set \"pptp\"" % lan)
+    out.append("\t}")
+
+    out.append("\tchain nat_prerouting {")
+    out.append("\t\ttype nat hook prerouting priority -110; policy accept;")
+    out.append("\t\tiifname %s ct zone != 0 dnat ip to ct zone map @%s" % (wan, ZONE_LAN))
+    out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render_policy(cfg):
+    """The policy table: drops for every family whose passthrough is off."""
+    out = ["table inet %s {" % POLICY_TABLE, "\tchain forward {",
+           "\t\ttype filter hook forward priority -5; policy accept;"]
+    for fam in ("l2tp", "ipsec", "pptp"):
+        if cfg.enabled and not cfg.kind_enabled(fam):
+            for match in POLICY_DROPS[fam]:
+                out.append('\t\t%s counter drop comment "%s_passthrough off"' % (match, fam))
+    out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def replace_table(family, name, body):
+    """A transaction that (re)creates a table atomically: create-if-missing, delete, recreate."""
+    return "table %s %s {}\ndelete table %s %s\n%s" % (family, name, family, name, body)
+
+
+def _key_text(name, key):
+    ip = key[0]
+    if name == LAN_ZONE:
+        return ip
+    if name == ZONE_LAN:
+        return str(key[0])
+    if name == IKE_ZONE:
+        return "%s . 0x%016x" % (ip, key[1])
+    if name in (ESP_ZONE, ESP_OUT):
+        return "%s . 0x%08x" % (ip, key[1])
+    if name == L2TP_ZONE:
+        return "%s . %d" % (ip, key[1])
+    raise ValueError("unknown map %r" % name)
+
+
+def render_op(op):
+    """One element command for an op tuple from nat/mapping.py (op[4], if any, is a comment)."""
+    verb, name, key = op[0], op[1], op[2]
+    comment = op[4] if len(op) > 4 else None
+    k = _key_text(name, key)
+    if verb == "del":
+        return "delete element ip %s %s { %s }" % (TABLE, name, k)
+    if comment:
+        k += ' comment "%s"' % comment.replace('"', "")
+    value = op[3] if len(op) > 3 else None
+    if value is None:
+        return "add element ip %s %s { %s }" % (TABLE, name, k)
+    return "add element ip %s %s { %s : %s }" % (TABLE, name, k, value)

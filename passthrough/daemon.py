@@ -1,0 +1,379 @@
+"""`passthrough run`: the NFQUEUE consumer. A thin I/O shell around passthrough.engine.
+
+Per queued packet: decode (pure parser) -> engine.handle -> apply kernel ops -> accept.
+Every verdict is accept: policy is enforced by static kernel rules, so nothing here can drop a
+VPN by mistake, and any exception is logged and answered with accept (fail-open forwarding).
+"""
+import errno
+import json
+import logging
+import logging.handlers
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from passthrough import config as configmod
+from passthrough.engine import Engine
+from passthrough.proto.decode import decode_ip
+from nat import mapping
+from nat.kernel import Kernel, KernelError
+
+log = logging.getLogger("passthrough")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING,
+          "err": logging.ERROR, "error": logging.ERROR}
+EXPIRE_EVERY = 1.0
+COUNTERS_EVERY = 10.0
+
+
+class RateLimitedLog:
+    """Per-packet log lines are capped (a flood must not flood syslog too); the count of
+    suppressed lines is reported once the window passes."""
+
+    def __init__(self, logger, per_second=20):
+        self.logger = logger
+        self.per_second = per_second
+        self.window = 0
+        self.count = 0
+        self.suppressed = 0
+
+    def __call__(self, level, msg):
+        now = int(time.time())
+        if now != self.window:
+            if self.suppressed:
+                self.logger.warning("%d log lines suppressed (rate limit %d/s)", self.suppressed, self.per_second)
+            self.window, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count > self.per_second:
+            self.suppressed += 1
+            return
+        self.logger.log(LEVELS.get(level, logging.INFO), "%s", msg)
+
+
+def setup_logging(level, use_syslog=True):
+    root = logging.getLogger("passthrough")
+    root.handlers[:] = []
+    root.setLevel(LEVELS.get(level, logging.INFO))
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s passthrough[%(process)d] %(levelname)s: %(message)s"))
+    root.addHandler(h)
+    if use_syslog and os.path.exists("/dev/log"):
+        try:
+            s = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            s.setFormatter(logging.Formatter("passthrough[%(process)d]: %(message)s"))
+            root.addHandler(s)
+        except OSError:
+            pass
+
+
+class Daemon:
+    def __init__(self, config_path, control_path=None):
+        self.config_path = config_path
+        self.cfg = configmod.load(config_path)
+        self.control_path = control_path or self.cfg.control_socket
+        self.kernel = Kernel(self.cfg)
+        self.engine = Engine(self.cfg, RateLimitedLog(log))
+        self.queues = []
+        self.ctl = None
+        self.running = False
+        self.reload_requested = False
+        self.lan_ifindex = None
+        self.wan_ifindex = None
+        self.started = time.time()
+        self.op_failures = 0
+        self.errors = 0
+
+    # --- setup / teardown -----------------------------------------------------------------------
+    def start(self):
+        self.kernel.check_features()
+        backend = self.kernel.detect_backend()
+        log.info("queue backend: %s (queue %d, %d queue(s))", backend, self.cfg.queue_num, self.cfg.queue_count)
+        self._resolve_devices()
+        if not self.cfg.enabled:
+            self.kernel.backend = backend
+            self.kernel.remove()
+            log.info("passthrough disabled (option enabled '0'): no rules installed")
+        else:
+            kept = self.kernel.adopt_or_install(backend)
+            if kept:
+                self._adopt()
+        self._bind_queues()
+        self._open_control()
+
+    def _resolve_devices(self):
+        for attr, name in (("lan_ifindex", self.cfg.lan_device), ("wan_ifindex", self.cfg.wan_device)):
+            try:
+                setattr(self, attr, socket.if_nametoindex(name))
+            except OSError:
+                setattr(self, attr, None)
+                log.warning("device %s does not exist (yet); its packets are classified by the kernel rules only", name)
+
+    def _adopt(self):
+        now = time.time()
+        lan_zone = [(k[0], v) for k, v, _, _ in self.kernel.map_elements(mapping.LAN_ZONE)]
+        keyed = []
+        for name in (mapping.IKE_ZONE, mapping.ESP_ZONE, mapping.L2TP_ZONE):
+            for k, v, _, comment in self.kernel.map_elements(name):
+                keyed.append((name, k[0], k[1], v, comment))
+        esp_out = [tuple(k) for k, _, _, _ in self.kernel.map_elements(mapping.ESP_OUT)]
+        ops, adopted = self.engine.adopt(lan_zone, keyed, esp_out, self._now())
+        self._apply(ops)
+        log.info("adopted %d host zones and %d flows kept by the kernel from a previous run", len(lan_zone), adopted)
+
+    def _bind_queues(self):
+        from netfilterqueue import NetfilterQueue  # only the daemon needs the C extension
+
+        for i in range(self.cfg.queue_count):
+            q = NetfilterQueue()
+            try:
+                q.bind(self.cfg.queue_num + i, self._on_packet, max_len=4096)
+            except OSError as e:
+                raise KernelError("cannot bind NFQUEUE %d: %s (another consumer running?)" % (self.cfg.queue_num + i, e))
+            self.queues.append(q)
+
+    def _open_control(self):
+        path = self.control_path
+        d = os.path.dirname(path)
+        if d and not os.path.isdir(d):
+            os.makedirs(d, exist_ok=True)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        os.chmod(path, 0o600)
+        s.listen(8)
+        s.setblocking(False)
+        self.ctl = s
+
+    def stop(self):
+        for q in self.queues:
+            try:
+                q.unbind()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        self.queues = []
+        # Fast path goes (nothing left to learn it), policy stays: a stopped daemon must not
+        # turn a switched-off family back on (fail-closed). `passthrough flush` removes it.
+        self.kernel.remove(keep_policy=True)
+        if self.ctl is not None:
+            self.ctl.close()
+            try:
+                os.unlink(self.control_path)
+            except OSError:
+                pass
+
+    # --- packet path ---------------------------------------------------------------------------
+    @staticmethod
+    def _now():
+        return time.monotonic()
+
+    def _on_packet(self, pkt):
+        try:
+            d = decode_ip(pkt.get_payload())
+            indev = pkt.indev
+            if indev and self.wan_ifindex is not None:
+                inbound = indev == self.wan_ifindex
+            else:
+                inbound = indev != self.lan_ifindex if indev else False
+            ops = self.engine.handle(d, inbound, self._now())
+            if ops:
+                self._apply(ops)
+        except Exception:  # noqa: BLE001 - one bad packet must never stop the queue
+            self.errors += 1
+            if self.errors <= 10 or self.errors % 1000 == 0:
+                log.exception("error handling a queued packet (#%d); accepted unchanged", self.errors)
+        finally:
+            try:
+                pkt.accept()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _apply(self, ops):
+        if ops:
+            failed = self.kernel.apply(ops)
+            self.op_failures += failed
+
+    # --- control socket ------------------------------------------------------------------------
+    def _serve_control(self):
+        try:
+            conn, _ = self.ctl.accept()
+        except OSError:
+            return
+        try:
+            conn.settimeout(2.0)
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 4096:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            reply = self.control(data.decode(errors="replace").strip())
+            conn.sendall((json.dumps(reply, sort_keys=True) + "\n").encode())
+        except OSError as e:
+            log.debug("control connection: %s", e)
+        finally:
+            conn.close()
+
+    def control(self, command):
+        if command == "status":
+            self._refresh_counters()
+            return {"ok": True, "flows": self.engine.status(self._now()), "summary": self.summary()}
+        if command == "reload":
+            return self.reload()
+        if command == "stats":
+            return {"ok": True, "summary": self.summary()}
+        return {"ok": False, "error": "unknown command %r (status, reload, stats)" % command}
+
+    def summary(self):
+        return {
+            "backend": self.kernel.backend, "queue_num": self.cfg.queue_num, "enabled": self.cfg.enabled,
+            "l2tp_passthrough": self.cfg.kind_enabled("l2tp"), "ipsec_passthrough": self.cfg.kind_enabled("ipsec"),
+            "pptp_passthrough": self.cfg.kind_enabled("pptp"), "flows": len(self.engine.flows),
+            "pending": len(self.engine.pending), "hosts": self.engine.zone_hosts(), "stats": self.engine.stats,
+            "errors": self.errors, "op_failures": self.op_failures, "uptime": round(time.time() - self.started, 1),
+            "config": self.config_path,
+        }
+
+    def reload(self):
+        try:
+            new = configmod.load(self.config_path)
+        except configmod.ConfigError as e:
+            log.error("reload refused, keeping the last good config: %s", e)
+            return {"ok": False, "error": str(e)}
+        old = self.cfg
+        t0 = time.time()
+        try:
+            structural = any(getattr(old, k) != getattr(new, k) for k in (
+                "queue_num", "queue_count", "zone_base", "max_hosts", "mark_bit", "queue_backend", "control_socket"))
+            self.cfg = new
+            self.kernel.cfg = new
+            if structural:
+                log.warning("queue/zone/socket options changed: restart the service to apply them")
+            if not new.enabled:
+                self.kernel.remove()
+            elif not old.enabled:
+                self.kernel.install(self.kernel.backend)
+            else:
+                self.kernel.apply_policy(new)  # policy first: a family switched off is blocked at once
+                self.kernel.reload_chains(new)
+            ops, off = self.engine.set_config(new)
+            self._apply(ops)
+            zones = [z for z in self.engine.zones.by_zone]
+            cut = {}
+            for fam in off:
+                cut[fam] = self.kernel.flush_conntrack(fam, zones)
+            self._resolve_devices()
+        except KernelError as e:
+            log.error("reload failed while programming the kernel: %s", e)
+            return {"ok": False, "error": str(e)}
+        ms = (time.time() - t0) * 1000
+        log.info("reloaded %s in %.0f ms%s", self.config_path, ms,
+                 "".join("; %s off: %d conntrack entries cut" % (f, cut[f]) for f in cut))
+        return {"ok": True, "switched_off": off, "conntrack_deleted": cut, "ms": round(ms, 1)}
+
+    def _refresh_counters(self):
+        """Fold the kernel's per-key packet counters (fast-path packets) into the flows."""
+        flows = self.engine.flows
+        for name, kinds in ((mapping.IKE_ZONE, ("ike",)), (mapping.ESP_ZONE, ("esp", "natt")),
+                            (mapping.L2TP_ZONE, ("l2tp",))):
+            for key, _, packets, _ in self.kernel.map_elements(name):
+                for kind in kinds:
+                    f = flows.get(kind, key[0], key[1])
+                    if f is not None:
+                        if packets > f.kernel_packets:
+                            f.last_seen = self._now()  # traffic the daemon never sees keeps it alive
+                        f.kernel_packets = packets
+
+    # --- main loop -------------------------------------------------------------------------------
+    def run(self):
+        self.running = True
+        rfd, wfd = os.pipe()
+        os.set_blocking(wfd, False)
+        signal.set_wakeup_fd(wfd)
+
+        def on_term(signum, frame):
+            self.running = False
+
+        def on_hup(signum, frame):
+            self.reload_requested = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+        qfds = {}
+        for q in self.queues:
+            qfds[q.get_fd()] = q
+        next_expire = self._now() + EXPIRE_EVERY
+        next_counters = self._now() + COUNTERS_EVERY
+        log.info("running: LAN %s, WAN %s, control %s", self.cfg.lan_device, self.cfg.wan_device, self.control_path)
+        while self.running:
+            timeout = max(0.0, min(next_expire, next_counters) - self._now())
+            try:
+                ready, _, _ = select.select(list(qfds) + [self.ctl.fileno(), rfd], [], [], timeout)
+            except InterruptedError:
+                ready = []
+            for fd in ready:
+                if fd in qfds:
+                    try:
+                        qfds[fd].run(block=False)
+                    except OSError as e:
+                        if e.errno == errno.ENOBUFS:
+                            log.warning("NFQUEUE overflow: packets were accepted without inspection (fail-open)")
+                        else:
+                            log.warning("NFQUEUE receive: %s", e)
+                elif fd == rfd:
+                    try:
+                        os.read(rfd, 512)
+                    except OSError:
+                        pass
+                elif self.ctl is not None and fd == self.ctl.fileno():
+                    self._serve_control()
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            now = self._now()
+            if now >= next_counters:
+                next_counters = now + COUNTERS_EVERY
+                try:
+                    self._refresh_counters()
+                except Exception:  # noqa: BLE001
+                    log.exception("reading kernel counters")
+            if now >= next_expire:
+                next_expire = now + EXPIRE_EVERY
+                self._apply(self.engine.expire(now))
+        log.info("stopping")
+
+
+def main(args):
+    """Entry for `passthrough run`."""
+    setup_logging(args.log_level or "info", use_syslog=not args.no_syslog)
+    try:
+        d = Daemon(args.config, args.control)
+    except configmod.ConfigError as e:
+        log.error("bad configuration: %s", e)
+        return 2
+    if args.log_level is None:
+        setup_logging(d.cfg.log_level, use_syslog=not args.no_syslog)
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write("%d\n" % os.getpid())
+    try:
+        d.start()
+    except KernelError as e:
+        log.error("%s", e)
+        d.stop()
+        return 3
+    try:
+        d.run()
+    finally:
+        d.stop()
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except OSError:
+                pass
+    return 0
