@@ -291,10 +291,7 @@ def _idb_options(body, off, end, e):
             r = body[off]
             div = (2 ** (r & 0x7F)) if r & 0x80 else (10 ** r)
         elif code == 14 and olen >= 8:
-            hi, lo = struct.unpack_from(e + "II", body, off)
-            tsoff = (hi << 32) | lo
-            if tsoff >= 1 << 63:
-                tsoff -= 1 << 64  # signed
+            tsoff = struct.unpack_from(e + "q", body, off)[0]  # signed seconds
         off += (olen + 3) & ~3
     return div, tsoff
 
