@@ -183,11 +183,11 @@ class Engine:
                 f = None
             if f is None:
                 f = Flow("l2tp", lan, remote, tid, now, zone)
+                f.lan_port = f.wan_port = d["sport"]
+                f.remote_port = d["dport"]
                 if self._add_flow(f, now, ops) is None:
                     return
                 self.log("info", "L2TP tunnel %d %s:%s -> %s:%s (zone %d)" % (tid, lan, d["sport"], remote, d["dport"], zone))
-            f.lan_port = f.wan_port = d["sport"]
-            f.remote_port = d["dport"]
         else:
             # Later messages carry the peer's tunnel id in the header: find our tunnel by it.
             peer_tid = d.get("l2tp_tunnel")

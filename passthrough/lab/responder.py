@@ -151,6 +151,8 @@ def serve(bind_ip, l2tp_reply_port, ready_file=None):
             kind, s = socks[fd]
             if kind == "esp":
                 pkt, peer = s.recvfrom(65535)
+                if bind_ip != "0.0.0.0" and socket.inet_ntoa(pkt[16:20]) != bind_ip:
+                    continue  # raw sockets see every ESP packet of the namespace
                 ihl = (pkt[0] & 0x0F) * 4
                 out = esp_reply(pkt[ihl:])
                 stats["esp"] += 1
