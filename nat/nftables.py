@@ -18,6 +18,8 @@ from nat.mapping import LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, ESP_OUT, L2TP_ZO
 TABLE = "passthrough"
 POLICY_TABLE = "passthrough_policy"
 VPN_UDP = "{ 500, 4500, 1701 }"
+FALLBACK_UDP = "fallback_udp"
+FALLBACK_ESP = "fallback_esp"
 
 KEY_TYPES = {
     LAN_ZONE: "typeof ip saddr : ct zone",
@@ -63,6 +65,11 @@ def render_fastpath(cfg, backend):
         extra = " counter;" if name in COUNTED else ""
         out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
     out.append("\tset %s { typeof ip saddr . @th,0,32; }" % ESP_OUT)
+    # Kernel-learned fallback (remote, ports) -> zone of the host that last sent there: the
+    # plain-NAT behaviour for keys nobody has learned yet (daemon dead or not yet answered).
+    out.append("\tmap %s { typeof ip saddr . udp sport . udp dport : ct zone; flags dynamic,timeout; timeout %ds; }"
+               % (FALLBACK_UDP, cfg.flow_timeout))
+    out.append("\tmap %s { typeof ip saddr : ct zone; flags dynamic,timeout; timeout %ds; }" % (FALLBACK_ESP, cfg.flow_timeout))
 
     out.append("\tchain classify {")
     out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
@@ -115,6 +122,11 @@ def render_fastpath(cfg, backend):
     out.append("\t\tiifname %s meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s" % (wan, ESP_ZONE))
     out.append("\t\tiifname %s udp dport 1701 @th,64,8 & 0x40 == 0x40 ct zone set ip saddr . @th,96,16 map @%s" % (wan, L2TP_ZONE))
     out.append("\t\tiifname %s udp dport 1701 @th,64,8 & 0x40 == 0x00 ct zone set ip saddr . @th,80,16 map @%s" % (wan, L2TP_ZONE))
+    # Inbound fallback, last: the first `ct zone set` that matches wins (the kernel ignores a
+    # second one), so an exact demux key, when learned, always beats it.
+    out.append("\t\tiifname %s udp dport %s ct zone set ip saddr . udp sport . udp dport map @%s" % (wan, VPN_UDP, FALLBACK_UDP))
+    out.append("\t\tiifname %s udp sport %s ct zone set ip saddr . udp sport . udp dport map @%s" % (wan, VPN_UDP, FALLBACK_UDP))
+    out.append("\t\tiifname %s meta l4proto esp ct zone set ip saddr map @%s" % (wan, FALLBACK_ESP))
     out.append("\t}")
 
     out.append("\tchain mangle_prerouting {")
@@ -122,6 +134,10 @@ def render_fastpath(cfg, backend):
     # Kernel default UDP timeout (30 s) is shorter than L2TP's 60 s HELLO: tunnels would die.
     out.append("\t\tct state new udp dport %s ct timeout set \"vpn-udp\"" % VPN_UDP)
     out.append("\t\tct state new udp sport %s ct timeout set \"vpn-udp\"" % VPN_UDP)
+    # Needs the real conntrack entry (its zone), so here rather than in steer (template only).
+    out.append("\t\tiifname %s udp sport %s ct zone != 0 update @%s { ip daddr . udp dport . udp sport : ct zone }" % (lan, VPN_UDP, FALLBACK_UDP))
+    out.append("\t\tiifname %s udp dport %s ct zone != 0 update @%s { ip daddr . udp dport . udp sport : ct zone }" % (lan, VPN_UDP, FALLBACK_UDP))
+    out.append("\t\tiifname %s meta l4proto esp ct zone != 0 update @%s { ip daddr : ct zone }" % (lan, FALLBACK_ESP))
     if cfg.kind_enabled("pptp"):
         out.append("\t\tiifname %s tcp dport 1723 ct helper set \"pptp\"" % lan)
     out.append("\t}")

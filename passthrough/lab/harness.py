@@ -171,8 +171,8 @@ class LabRun:
     def conntrack(self):
         return nsexec(self.lab.router, "conntrack", "-L", check=False).stdout
 
-    def nft(self, *args):
-        return nsexec(self.lab.router, "nft", *args).stdout
+    def nft(self, *args, check=True):
+        return nsexec(self.lab.router, "nft", *args, check=check).stdout
 
 
 def _end(proc, sig=signal.SIGTERM, timeout=5.0):
