@@ -21,7 +21,9 @@ MESSAGE_TYPES = {
     1: "SCCRQ", 2: "SCCRP", 3: "SCCCN", 4: "StopCCN", 6: "HELLO",
     7: "OCRQ", 8: "OCRP", 9: "OCCN", 10: "ICRQ", 11: "ICRP", 12: "ICCN",
     14: "CDN", 15: "WEN", 16: "SLI",
-    17: "MSRQ", 18: "MSRP", 19: "MSE", 20: "ACK", 21: "FSQ", 22: "FSR",  # RFC 4045/3931/4951
+    # RFC 3573, RFC 3931 (ACK), RFC 4951 (failover), RFC 4045 (multicast), RFC 5515 (CSU)
+    17: "MDMST", 18: "SRRQ", 19: "SRRP", 20: "ACK", 21: "FSQ", 22: "FSR", 23: "MSRQ", 24: "MSRP",
+    25: "MSE", 26: "MSI", 27: "MSEN", 28: "CSUN", 29: "CSURQ",
 }
 
 AVP_MESSAGE_TYPE = 0
