@@ -18,7 +18,8 @@ from nat.mapping import (ZoneAllocator, HostTableFull, key_op, esp_out_op, parse
                          KEY_MAP, ESP_OUT)
 from passthrough.flows import Flow, FlowTable, TableFull, FAMILY
 
-L2TP_CLOSING_GRACE = 10.0  # keep a tunnel's mapping this long after StopCCN so its ack gets through
+L2TP_CLOSING_GRACE = 10.0
+PEER_GUESSES = 2  # peer-initiated IKE SAs tracked per (host, server) before replacing the oldest  # keep a tunnel's mapping this long after StopCCN so its ack gets through
 
 
 def _int16(text):
@@ -137,6 +138,8 @@ class Engine:
         f.touch(now)
         f.remote_port = d["dport"]
         f.lan_port = f.wan_port = d["sport"]
+        if f.state == "peer-initiated":
+            f.state = "up"  # the host answered on it: no longer a guess
         if d.get("ike_spi_r") and d["ike_spi_r"] != "0" * 16:
             f.key_out = _int16(d["ike_spi_r"])
         f.state = d.get("ike_exchange") or f.state
@@ -239,7 +242,14 @@ class Engine:
         zone = self._zone(lan, now, ops)
         if zone is None:
             return
+        # Spoofed floods from the server's address must not fill the host's flow quota: keep at
+        # most PEER_GUESSES of these guesses per host and server, replacing the oldest.
+        guesses = [x for x in self.flows.find("ike", lan, remote) if x.state == "peer-initiated"]
+        if len(guesses) >= PEER_GUESSES:
+            guesses.sort(key=lambda x: x.last_seen)
+            self._drop_flow(guesses[0], ops)
         f = Flow("ike", lan, remote, spi_i, now, zone)
+        f.state = "peer-initiated"
         f.remote_port, f.wan_port = d["sport"], d["dport"]
         f.lan_port = d["dport"]
         f.detail = "IKEv%s (peer-initiated)" % d.get("ike_version")
