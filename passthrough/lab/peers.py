@@ -50,6 +50,8 @@ CHARON_PLUGINS = ("random nonce openssl pem pkcs1 x509 pubkey sha1 sha2 hmac aes
 #: Default algorithms (pinned so captures are stable and small).
 IKE_PROPOSALS = "aes128-sha256-x25519"
 ESP_PROPOSALS = "aes128gcm16"
+#: strongswan.conf line (Charon(extra_conf=...)) that allows IKEv1 aggressive mode with PSK.
+AGGRESSIVE_PSK_CONF = "  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n"
 
 # Log lines (strongSwan 5.9.8, xl2tpd 1.3.18) used for detection.
 NAT_HERE_RE = r"local host is behind NAT"
@@ -206,9 +208,10 @@ class _Daemon:
             out.close()
 
     def stop(self, timeout=5.0):
-        """SIGTERM by pid, SIGKILL after timeout; remove the workdir if we created it."""
+        """SIGTERM by pid, SIGKILL after timeout; remove the workdir if we created it
+        (kept when the environment has PT_PEERS_KEEP=1, for debugging)."""
         _stop_process(self.proc, timeout)
-        if self._own_workdir:
+        if self._own_workdir and os.environ.get("PT_PEERS_KEEP") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):
@@ -234,12 +237,15 @@ def _kv(d, indent):
 
 def gateway_conf(local_ip, subnet="192.168.77.0/24", psk="pt-secret", version=2, name="gw",
                  child="net", pool="192.168.78.0/24", encap=False, dpd_delay=None,
-                 proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, local_id=None):
+                 proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, local_id=None,
+                 aggressive=False):
     """swanctl.conf text of a PSK gateway: accepts any peer, hands out virtual IPs from `pool`,
-    CHILD_SA `child` with local_ts=`subnet` (remote_ts = the client's virtual IP)."""
+    CHILD_SA `child` with local_ts=`subnet` (remote_ts = the client's virtual IP).
+    IKEv1 aggressive mode with PSK also needs, in both charons, extra_conf
+    "i_dont_care_about_security_and_use_aggressive_mode_psk = yes" (see AGGRESSIVE_PSK_CONF)."""
     conn = {"version": version, "local_addrs": local_ip, "proposals": proposals,
             "pools": "pool-" + name if pool else None, "encap": "yes" if encap else None,
-            "dpd_delay": dpd_delay}
+            "dpd_delay": dpd_delay, "aggressive": "yes" if aggressive else None}
     child_kv = {"local_ts": subnet, "esp_proposals": esp_proposals}
     body = (_kv(conn, 2)
             + _block("local", _kv({"auth": "psk", "id": local_id or local_ip}, 3), 2)
@@ -255,15 +261,18 @@ def gateway_conf(local_ip, subnet="192.168.77.0/24", psk="pt-secret", version=2,
 def roadwarrior_conf(local_ip, remote_ip, psk="pt-secret", version=2, name="rw", child="net",
                      remote_ts="192.168.77.0/24", local_ts=None, vip=True, encap=False,
                      dpd_delay=None, proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS,
-                     local_id=None, remote_id=None, aggressive=False, childless=None):
+                     local_id=None, remote_id=None, aggressive=False, childless=None, mobike=True):
     """swanctl.conf text of a PSK road-warrior client: IKE `name`, CHILD_SA `child` to
     `remote_ts`; with vip=True asks the gateway for a virtual IP (needed with kernel-libipsec).
     encap=True forces UDP encapsulation (fake NAT-D -> IKE_AUTH already on 4500).
-    local_id defaults to local_ip (keep it unique per client behind one NAT)."""
+    local_id defaults to local_ip (keep it unique per client behind one NAT).
+    mobike=False keeps IKEv2 on UDP 500 when there is no NAT (with MOBIKE strongSwan always
+    moves to 4500 at IKE_AUTH); with kernel-libipsec it moves anyway (fake NAT-D)."""
     conn = {"version": version, "local_addrs": local_ip, "remote_addrs": remote_ip,
             "proposals": proposals, "vips": "0.0.0.0" if vip else None,
             "encap": "yes" if encap else None, "dpd_delay": dpd_delay,
-            "aggressive": "yes" if aggressive else None, "childless": childless}
+            "aggressive": "yes" if aggressive else None, "childless": childless,
+            "mobike": None if mobike else "no"}
     child_kv = {"remote_ts": remote_ts, "local_ts": local_ts, "esp_proposals": esp_proposals}
     body = (_kv(conn, 2)
             + _block("local", _kv({"auth": "psk", "id": local_id or local_ip}, 3), 2)
@@ -516,6 +525,20 @@ class Charon:
     def log_has(self, pattern):
         return self._d.log_has(pattern)
 
+    def wait_tunnel_route(self, dst, timeout=10.0, dev="ipsec0"):
+        """Wait until `ip route get dst` in our namespace goes via the libipsec TUN device.
+        charon reports the CHILD_SA INSTALLED slightly before it has added the route
+        (table 220), so wait for this before sending traffic. Returns the route line."""
+        def check():
+            p = run(["ip", "route", "get", dst], ns=self.ns, check=False)
+            return p.stdout.strip() if (" dev %s " % dev) in p.stdout + " " else None
+        try:
+            return self._wait(check, timeout, "route to %s via %s" % (dst, dev))
+        except PeerError as e:
+            diag = run(["sh", "-c", "ip route get %s; ip rule; ip route show table all; ip -br addr"
+                        % dst], ns=self.ns, check=False)
+            raise PeerError("%s\n--- routing in %s ---\n%s%s" % (e, self.ns, diag.stdout, diag.stderr))
+
     def nat_here(self):
         """True if this charon saw its own side behind NAT ("local host is behind NAT").
         Only meaningful on the client: libipsec fakes the peer-side NAT-D on purpose."""
@@ -570,6 +593,7 @@ def ping_through_tunnel(charon, dst, count=3, wait=1.0):
             i += int(c.get("packets-in", 0))
             o += int(c.get("packets-out", 0))
         return i, o
+    charon.wait_tunnel_route(dst)
     i0, o0 = counters()
     got = ping(charon.ns, dst, count, wait)
     i1, o1 = counters()
@@ -579,6 +603,62 @@ def ping_through_tunnel(charon, dst, count=3, wait=1.0):
 # ----------------------------------------------------------------------------------------------
 # xl2tpd
 
+# Stand-in for /usr/sbin/pppd (there is no /dev/ppp here, the real pppd exits at once and
+# xl2tpd then closes the call with CDN). xl2tpd runs "pppd TTY passive nodetach ... file OPTS";
+# the stub opens TTY (the pty whose other end xl2tpd reads), sends an async-HDLC framed LCP
+# Configure-Request every INTERVAL s (0: once) -- xl2tpd turns each into an L2TP data message --
+# and counts the PPP frames it receives from the peer in LOG ("rx N" lines).
+_PPPD_STUB = r"""#!/usr/bin/python3
+import os, select, sys, time, tty
+INTERVAL = %(interval)r
+LOG = %(log)r
+def fcs16(data):
+    fcs = 0xffff
+    for b in data:
+        fcs ^= b
+        for _ in range(8):
+            fcs = (fcs >> 1) ^ 0x8408 if fcs & 1 else fcs >> 1
+    return fcs ^ 0xffff
+def frame(payload):
+    f = payload + fcs16(payload).to_bytes(2, "little")
+    out = bytearray(b"\x7e")
+    for b in f:
+        if b < 0x20 or b in (0x7d, 0x7e):
+            out += bytes((0x7d, b ^ 0x20))
+        else:
+            out.append(b)
+    return bytes(out + b"\x7e")
+def lcp_confreq(ident):
+    opts = bytes((5, 6)) + (0x50540000 + os.getpid() %% 65536).to_bytes(4, "big")  # Magic-Number
+    return b"\xff\x03\xc0\x21" + bytes((1, ident & 255)) + (4 + len(opts)).to_bytes(2, "big") + opts
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+tty.setraw(fd)
+log = open(LOG, "a", buffering=1)
+log.write("start %%d %%s\n" %% (os.getpid(), " ".join(sys.argv[1:])))
+ident, rx, buf, nxt = 1, 0, b"", 0.0
+while True:
+    now = time.monotonic()
+    if nxt is not None and now >= nxt:
+        os.write(fd, frame(lcp_confreq(ident)))
+        log.write("tx %%d\n" %% ident)
+        ident += 1
+        nxt = now + INTERVAL if INTERVAL else None
+    r, _, _ = select.select([fd], [], [], 0.5 if nxt is None else max(0.0, nxt - now))
+    if r:
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        buf += data
+        while buf.count(b"\x7e") >= 2:
+            start = buf.index(b"\x7e")
+            end = buf.index(b"\x7e", start + 1)
+            if end > start + 1:
+                rx += 1
+                log.write("rx %%d\n" %% rx)
+            buf = buf[end:]
+"""
+
+
 class Xl2tpd:
     """xl2tpd as LAC or LNS in namespace `ns`; config, secrets, pid, control pipe, log in workdir.
 
@@ -587,12 +667,20 @@ class Xl2tpd:
          .tunnel_up() -> {'peer', 'port', 'local', 'remote'} (our/peer tunnel id).
     `port` is the local UDP port (global `port =`, default 1701); `lns_port` the LAC's
     destination port (written as `lns = ADDR:PORT` when not 1701).
+
+    pppd="stub" (default): xl2tpd runs in a private mount namespace where /usr/sbin/pppd is
+    bind-mounted over by a small stand-in (see _PPPD_STUB): the call stays up, and every
+    `ppp_interval` s (0: once) it sends an LCP Configure-Request that travels as an L2TP data
+    message; `ppp_rx()` counts PPP frames that arrived from the peer. pppd="real": the real
+    pppd fails without /dev/ppp and xl2tpd closes the call (CDN); the tunnel stays.
     """
 
     def __init__(self, ns, workdir=None, name="xl2tpd", role="lac", lns_addr=None, lns_port=1701,
                  listen_addr=None, port=1701, lac_name="pt", autodial=True, debug=True,
                  ip_range="192.168.79.10-192.168.79.20", local_ip="192.168.79.1",
-                 extra_global="", extra_section=""):
+                 extra_global="", extra_section="", pppd="stub", ppp_interval=1.0):
+        if pppd not in ("stub", "real"):
+            raise ValueError("pppd must be 'stub' or 'real'")
         if role not in ("lac", "lns"):
             raise ValueError("role must be 'lac' or 'lns'")
         if role == "lac" and not lns_addr:
@@ -606,6 +694,10 @@ class Xl2tpd:
         self.control_path = self._d._path("l2tp-control")
         self.ppp_options_path = self._d._path("ppp-options")
         self.log_path = self._d.log_path
+        self.pppd = pppd
+        self.pppd_stub_path = self._d._path("pppd-stub")
+        self.pppd_stub_log = self._d._path("pppd-stub.log")
+        self.ppp_interval = ppp_interval
         g = ["[global]", "port = %d" % port, "auth file = %s" % self.secrets_path]
         if listen_addr:
             g.append("listen-addr = %s" % listen_addr)
@@ -637,8 +729,18 @@ class Xl2tpd:
         for stale in (self.pid_path, self.control_path):
             if os.path.exists(stale):
                 os.unlink(stale)
-        self._d._spawn([XL2TPD, "-D", "-c", self.conf_path, "-s", self.secrets_path,
-                        "-p", self.pid_path, "-C", self.control_path])
+        argv = [XL2TPD, "-D", "-c", self.conf_path, "-s", self.secrets_path,
+                "-p", self.pid_path, "-C", self.control_path]
+        if self.pppd == "stub":
+            with open(self.pppd_stub_path, "w") as f:
+                f.write(_PPPD_STUB % {"interval": float(self.ppp_interval), "log": self.pppd_stub_log})
+            os.chmod(self.pppd_stub_path, 0o755)
+            if os.path.exists(self.pppd_stub_log):
+                os.unlink(self.pppd_stub_log)
+            # private mount namespace: the bind mount is seen by xl2tpd and its children only
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /usr/sbin/pppd && exec "$@"', self.pppd_stub_path] + argv
+        self._d._spawn(argv)
         try:
             self.wait_log(L2TP_LISTEN_RE, timeout)
             wait_for(lambda: os.path.exists(self.control_path), timeout, what="control pipe")
@@ -693,6 +795,22 @@ class Xl2tpd:
         m = self.wait_log(L2TP_CALL_RE, timeout, start)
         return {"peer": m.group(1), "local": int(m.group(2)), "remote": int(m.group(3))}
 
+    def ppp_rx(self):
+        """pppd="stub": number of PPP frames the stub got from the peer through the tunnel."""
+        try:
+            with open(self.pppd_stub_log) as f:
+                return sum(1 for line in f if line.startswith("rx "))
+        except OSError:
+            return 0
+
+    def wait_ppp_rx(self, n=1, timeout=10.0):
+        """pppd="stub": wait until the stub received n PPP frames (L2TP data path works)."""
+        try:
+            return wait_for(lambda: self.ppp_rx() >= n or None, timeout,
+                            what="%d PPP frames at %s" % (n, self.name))
+        except TimeoutError as e:
+            raise PeerError("%s: %s\n--- log tail ---\n%s" % (self.name, e, self._d.log_tail()))
+
     def tunnel_ids(self):
         """All (local, remote) tunnel id pairs established so far, from the log."""
         return [(int(m.group(3)), int(m.group(4))) for m in re.finditer(L2TP_TUNNEL_RE, self.log_text())]
@@ -731,7 +849,7 @@ class Capture:
 
     def start(self, timeout=10.0):
         err = open(self.err_path, "wb")
-        argv = ["tcpdump", "-i", self.iface, "-s", "0", "-U", "-n", "-Z", "root", "-w", self.path]
+        argv = ["tcpdump", "-i", self.iface, "-s", "0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", self.path]
         if self.bpf:
             argv += self.bpf.split()
         try:
@@ -747,8 +865,26 @@ class Capture:
         wait_for(ready, timeout, what="tcpdump listening")
         return self
 
-    def stop(self, timeout=5.0):
-        """SIGINT tcpdump (it writes out what it has) and wait; returns the pcap path."""
+    def settle(self, quiet=0.3, timeout=3.0):
+        """Wait until the pcap has not grown for `quiet` seconds (packets still in flight)."""
+        last = [-1, time.monotonic()]
+
+        def check():
+            size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            now = time.monotonic()
+            if size != last[0]:
+                last[:] = [size, now]
+            return now - last[1] >= quiet
+        try:
+            wait_for(check, timeout, interval=0.05, what="capture quiet")
+        except TimeoutError:
+            pass  # steady traffic: nothing more to wait for
+
+    def stop(self, timeout=5.0, settle=0.3):
+        """Let in-flight packets arrive (`settle`), SIGINT tcpdump (it writes out what it has)
+        and wait; returns the pcap path."""
+        if settle and self.proc is not None and self.proc.poll() is None:
+            self.settle(settle)
         _stop_process(self.proc, timeout, sig=signal.SIGINT)
         if os.path.exists(self.err_path):
             os.unlink(self.err_path)
