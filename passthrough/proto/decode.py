@@ -37,7 +37,7 @@ KEYS = sorted(_EMPTY)
 
 def decode_ip(data):
     """Decode one IPv4/IPv6 packet; always returns a dict with every key of KEYS."""
-    d = dict(_EMPTY)
+    d = _EMPTY.copy()
     try:
         err = _decode(data, d)
     except Exception as e:  # a bug here must not take the packet path down
