@@ -141,9 +141,12 @@ class PcapReader:
             gen = self._pcapng(head)
         else:
             gen = self._pcap(head)
-        for item in gen:
-            self.count += 1
-            yield item
+        try:
+            for item in gen:
+                self.count += 1
+                yield item
+        except Exception as e:  # a reader bug must end the file cleanly, not the caller
+            self.error = "internal reader error: %s" % (e,)
 
     # -- classic pcap ------------------------------------------------------------------------
 

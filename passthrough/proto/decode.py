@@ -3,6 +3,21 @@
 This is the per-packet entry point of the daemon (NFQUEUE hands over packets starting at the
 IP header) and of `passthrough parse`. One pass over the headers, no regex, no copies beyond
 the small slices that become text.
+
+Every key of KEYS is always present; None means "not applicable / not reached".
+  error     None or a short string; fields decoded before the problem stay filled in
+  ipver src dst l4 sport dport frag frag_offset   (l4 is the protocol after IPv6 ext headers;
+            frag: a fragment of any kind; non-first fragments stop at the IP header)
+  proto     'ike' | 'natt-keepalive' | 'esp' | 'l2tp' | 'other'
+            UDP 500 either side -> ike; UDP 4500 either side -> NAT-T demux (RFC 3948);
+            UDP 1701 either side -> L2TP v2/v3; IP 50 -> esp; IP 115 -> L2TPv3
+  ike_*     version, exchange (name), exchange_type, spi_i, spi_r (16 hex), msgid, flags,
+            initiator/response (IKEv2 flags, None for v1), payloads (names; 'SK'/'SKF' or
+            'encrypted' end the readable part), notify (names), nat_d, vendor_ids (hex), natt
+  esp_*     spi (8 hex), seq, udp (True for ESP-in-UDP)
+  l2tp_*    version, type ('SCCRQ'... 'ZLB', 'data', 'unknown(N)'), control, tunnel (v3: control
+            connection id), session (v3 control over UDP: None; over IP: 0), ns, nr,
+            assigned_tunnel (AVP 9 / v3 61), assigned_session (AVP 14 / v3 63), hidden
 """
 from passthrough.proto import ip
 from passthrough.proto.esp import parse_esp
