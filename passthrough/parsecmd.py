@@ -9,7 +9,7 @@ import json
 import sys
 
 from passthrough.pcap import open_pcap
-from passthrough.proto.decode import KEYS, decode_ip
+from passthrough.proto.decode import decode_ip
 
 
 def add_arguments(parser):
