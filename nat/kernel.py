@@ -240,18 +240,21 @@ class Kernel:
                       ["-p", "50"], ["-p", "51"]],
             "pptp": [["-p", "tcp", "--orig-port-dst", "1723"], ["-p", "47"]],
         }[family]
-        procs = []
-        for zone in [0] + sorted(zones):
-            for f in filters:
-                cmd = ["conntrack", "-D"] + f + (["-w", str(zone)] if zone else [])
-                procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         deleted = 0
-        for p in procs:
-            _, err = p.communicate()
-            for word in err.split("):")[-1:]:
-                parts = word.split()
-                if parts and parts[0].isdigit():
-                    deleted += int(parts[0])
+        # Sequential, and a second pass: concurrent deletes interrupt each other's netlink dumps
+        # (NLM_F_DUMP_INTR), which silently left entries behind.
+        for _ in range(2):
+            found = 0
+            for zone in [0] + sorted(zones):
+                for f in filters:
+                    cmd = ["conntrack", "-D"] + f + (["-w", str(zone)] if zone else [])
+                    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                    parts = p.stderr.split("):")[-1].split()
+                    if parts and parts[0].isdigit():
+                        found += int(parts[0])
+            deleted += found
+            if not found:
+                break
         return deleted
 
 
