@@ -113,6 +113,23 @@ def cmd_flush(args):
     return 0
 
 
+def cmd_render(args):
+    """Print the nft text passthrough would install (for fw4 includes and review)."""
+    from passthrough import config as configmod
+    from nat import nftables as nftx
+
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        print("passthrough: %s" % e, file=sys.stderr)
+        return 2
+    if args.what == "policy":
+        sys.stdout.write(nftx.render_policy(cfg))
+    else:
+        sys.stdout.write(nftx.render_fastpath(cfg, args.backend))
+    return 0
+
+
 def cmd_lab(args):
     from passthrough.lab import demo
 
@@ -159,6 +176,12 @@ def build_parser():
     p = sub.add_parser("flush", help="remove all passthrough rules (policy included)")
     with_config(p)
     p.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("render", help="print the nft ruleset (policy table or fast path) for a config")
+    with_config(p)
+    p.add_argument("what", choices=["policy", "fastpath"])
+    p.add_argument("--backend", choices=["nft", "iptables"], default="nft")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("lab", help="namespace lab: up | down | demo")
     p.add_argument("action", choices=["up", "down", "demo", "status"])
