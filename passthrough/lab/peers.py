@@ -606,7 +606,7 @@ def ping_through_tunnel(charon, dst, count=3, wait=1.0):
 # Stand-in for /usr/sbin/pppd (there is no /dev/ppp here, the real pppd exits at once and
 # xl2tpd then closes the call with CDN). xl2tpd runs "pppd TTY passive nodetach ... file OPTS";
 # the stub opens TTY (the pty whose other end xl2tpd reads), sends an async-HDLC framed LCP
-# Configure-Request every INTERVAL s (0: once) -- xl2tpd turns each into an L2TP data message --
+# Configure-Request every INTERVAL s (0: once, None: never) -- xl2tpd turns each into an L2TP data message --
 # and counts the PPP frames it receives from the peer in LOG ("rx N" lines).
 _PPPD_STUB = r"""#!/usr/bin/python3
 import os, select, sys, time, tty
@@ -635,7 +635,7 @@ fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
 tty.setraw(fd)
 log = open(LOG, "a", buffering=1)
 log.write("start %%d %%s\n" %% (os.getpid(), " ".join(sys.argv[1:])))
-ident, rx, buf, nxt = 1, 0, b"", 0.0
+ident, rx, buf, nxt = 1, 0, b"", (None if INTERVAL is None else 0.0)
 while True:
     now = time.monotonic()
     if nxt is not None and now >= nxt:
@@ -670,7 +670,7 @@ class Xl2tpd:
 
     pppd="stub" (default): xl2tpd runs in a private mount namespace where /usr/sbin/pppd is
     bind-mounted over by a small stand-in (see _PPPD_STUB): the call stays up, and every
-    `ppp_interval` s (0: once) it sends an LCP Configure-Request that travels as an L2TP data
+    `ppp_interval` s (0: once, None: never) it sends an LCP Configure-Request that travels as an L2TP data
     message; `ppp_rx()` counts PPP frames that arrived from the peer. pppd="real": the real
     pppd fails without /dev/ppp and xl2tpd closes the call (CDN); the tunnel stays.
     """
@@ -733,7 +733,8 @@ class Xl2tpd:
                 "-p", self.pid_path, "-C", self.control_path]
         if self.pppd == "stub":
             with open(self.pppd_stub_path, "w") as f:
-                f.write(_PPPD_STUB % {"interval": float(self.ppp_interval), "log": self.pppd_stub_log})
+                interval = None if self.ppp_interval is None else float(self.ppp_interval)
+                f.write(_PPPD_STUB % {"interval": interval, "log": self.pppd_stub_log})
             os.chmod(self.pppd_stub_path, 0o755)
             if os.path.exists(self.pppd_stub_log):
                 os.unlink(self.pppd_stub_log)
@@ -903,7 +904,8 @@ class Capture:
 
 class _DirectPair:
     """Two namespaces `PREFIX-c` (client) and `PREFIX-s` (server) joined by one veth pair
-    (`wan0` in both), client 203.0.113.10/24, server 203.0.113.2/24, tx checksum offload off."""
+    (`wan0` in both), client 203.0.113.10/24, server 203.0.113.2/24, tx checksum offload off,
+    IPv6 disabled."""
 
     CLIENT_IP = "203.0.113.10"
     SERVER_IP = "203.0.113.2"
@@ -918,6 +920,10 @@ class _DirectPair:
         try:
             for ns in (self.client, self.server):
                 run(["ip", "netns", "add", ns])
+                # no IPv6: link-local DAD ~2 s after start would make charon roam (MOBIKE
+                # address updates = extra INFORMATIONAL exchanges at random moments)
+                run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"], ns=ns)
+                run(["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"], ns=ns)
             run(["ip", "link", "add", self.IFACE, "netns", self.client, "type", "veth",
                  "peer", "name", self.IFACE, "netns", self.server])
             for ns, ip in ((self.client, self.CLIENT_IP), (self.server, self.SERVER_IP)):

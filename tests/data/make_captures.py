@@ -173,10 +173,11 @@ def _ipsec(name, outdir, version=2, client_kw=None, server_kw=None, keep_alive=N
     try:
         if napt:
             client_napt(s.pair.client, s.pair.CLIENT_IP)
+        # before charon starts: a new address later makes it send a MOBIKE address update
+        P.add_address(s.pair.server, SUBNET_ADDR)
         srv = s.add(P.Charon(s.pair.server, None, "server", libipsec=libipsec, extra_conf=extra_conf))
         cli = s.add(P.Charon(s.pair.client, None, "client", keep_alive=keep_alive, libipsec=libipsec,
                              extra_conf=extra_conf))
-        P.add_address(s.pair.server, SUBNET_ADDR)
         srv.load(P.gateway_conf(s.pair.SERVER_IP, version=version, **(server_kw or {})))
         cli.load(P.roadwarrior_conf(s.pair.CLIENT_IP, s.pair.SERVER_IP, version=version,
                                     **(client_kw or {})))
@@ -316,7 +317,7 @@ def cap_l2tp_control(outdir):
         lns = s.add(P.Xl2tpd(s.pair.server, None, "lns", role="lns", listen_addr=s.pair.SERVER_IP,
                              pppd="real"))
         lac = s.add(P.Xl2tpd(s.pair.client, None, "lac", role="lac", lns_addr=s.pair.SERVER_IP,
-                             ppp_interval=0))
+                             ppp_interval=None))
         lac.tunnel_up()
         lns.tunnel_up()
         l2tp_settled(s)

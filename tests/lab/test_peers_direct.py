@@ -47,9 +47,9 @@ def start(request, tmp_path):
 
 
 def _ipsec_up(pair, start, tmp_path, version):
+    P.add_address(pair.server, SUBNET_ADDR)  # before charon: else a MOBIKE address update follows
     srv = start(P.Charon(pair.server, str(tmp_path / "server"), "server"))
     cli = start(P.Charon(pair.client, str(tmp_path / "client"), "client"))
-    P.add_address(pair.server, SUBNET_ADDR)
     srv.load(P.gateway_conf(pair.SERVER_IP, version=version))
     cli.load(P.roadwarrior_conf(pair.CLIENT_IP, pair.SERVER_IP, version=version))
     t0 = time.monotonic()
