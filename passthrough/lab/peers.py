@@ -24,8 +24,10 @@ strongSwan (5.9.x), see `Charon`:
 
 xl2tpd (1.3.x), see `Xl2tpd`:
   * ``xl2tpd -D -c CONF -s SECRETS -p PID -C CONTROL``, logs to stderr (captured to a file).
-  * The control tunnel and the call come up; pppd then fails ("You need to create the /dev/ppp
-    device node"), the LNS sends CDN but the tunnel stays, with HELLO every 60 s (fixed).
+  * The control tunnel and the call come up. The real pppd then fails ("You need to create the
+    /dev/ppp device node") and xl2tpd closes the call (CDN); the tunnel stays, HELLO after 60 s
+    idle (fixed in xl2tpd). By default a pppd stand-in is bind-mounted over /usr/sbin/pppd in
+    xl2tpd's private mount namespace: the call stays up and PPP frames travel as L2TP data.
   * One UDP socket bound to ``[global] port``: an xl2tpd LNS always answers from that port.
     See `lns_port_rewrite` to make it answer a LAC that sent to 1701 from another port.
 
@@ -33,6 +35,7 @@ xl2tpd (1.3.x), see `Xl2tpd`:
 """
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -143,6 +146,20 @@ def _stop_process(proc, timeout=5.0, sig=signal.SIGTERM):
         except ProcessLookupError:
             pass
 
+    def gone():
+        for k in kids:
+            try:
+                with open("/proc/%d/stat" % k) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        return False
+            except (OSError, IndexError):
+                pass
+        return True
+    try:
+        wait_for(gone, 2.0, interval=0.02, what="children gone")
+    except TimeoutError:
+        pass
+
 
 class _Daemon:
     """Common parts: private workdir, log file, log waits, stop."""
@@ -214,12 +231,6 @@ class _Daemon:
         if self._own_workdir and os.environ.get("PT_PEERS_KEEP") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,9 +335,18 @@ def parse_swanctl_pretty(text):
 class Charon:
     """strongSwan charon (kernel-libipsec) in namespace `ns` with its own config/vici/log in workdir.
 
-    c = Charon("pt-x-client", None, "client"); c.start(); c.load(roadwarrior_conf(...))
-    c.initiate("net", "rw"); c.wait_child_up("net"); ping_through_tunnel(ns, "192.168.77.1")
+    c = Charon("pt-x-client", None, "client").start()
+    c.load(roadwarrior_conf("192.168.1.10", "203.0.113.2"))
+    c.initiate("net", "rw"); c.wait_child_up("net")
+    replies, pkts_in, pkts_out = ping_through_tunnel(c, "192.168.77.1")
     c.stop()
+
+    workdir=None: a temp dir, removed by stop(). Files there: strongswan.conf, NAME.log (charon's
+    file log: ike 2, cfg/knl/net/enc 1, with ms timestamps and <conn|id> prefix), NAME.stdout,
+    run/ (bind-mounted over /run), swanctl/swanctl.conf (last load()), charon.vici.
+    keep_alive: NAT-T keepalive interval in s (charon default 20 s; sent only by a side that is
+    itself behind NAT). libipsec=False: no kernel-libipsec (IKE only; no CHILD_SA can be
+    installed here). extra_conf: lines inserted into the charon { } section.
     """
 
     def __init__(self, ns, workdir=None, name="charon", keep_alive=None, libipsec=True,
@@ -335,6 +355,10 @@ class Charon:
         self.ns, self.name, self.workdir = ns, name, self._d.workdir
         self.run_dir = self._d._path("run")
         self.vici_path = self._d._path("charon.vici")
+        self._vici_dir = None
+        if len(self.vici_path) > 100:  # sun_path holds 108 bytes
+            self._vici_dir = tempfile.mkdtemp(prefix="pt-vici-")
+            self.vici_path = os.path.join(self._vici_dir, "charon.vici")
         self.uri = "unix://" + self.vici_path
         self.conf_path = self._d._path("strongswan.conf")
         self.log_path = self._d.log_path
@@ -359,7 +383,7 @@ class Charon:
             "    ptlog {\n"
             "      path = %s\n"
             "      time_format = %%H:%%M:%%S\n      time_add_ms = yes\n"
-            "      ike_name = yes\n      flush_line = yes\n      append = yes\n"
+            "      ike_name = yes\n      flush_line = yes\n      append = no\n"
             "%s"
             "    }\n"
             "  }\n"
@@ -381,7 +405,7 @@ class Charon:
             if os.path.exists(stale):
                 os.unlink(stale)
         script = "mount --bind %s /run && exec env STRONGSWAN_CONF=%s %s" % (
-            self.run_dir, self.conf_path, CHARON)
+            shlex.quote(self.run_dir), shlex.quote(self.conf_path), CHARON)
         out = open(self._d._path(self.name + ".stdout"), "wb")
         try:
             self._d.proc = subprocess.Popen(
@@ -403,6 +427,8 @@ class Charon:
     def stop(self, timeout=5.0):
         """SIGTERM charon by pid (SIGKILL after timeout); the private /run mount dies with it."""
         self._d.stop(timeout)
+        if self._vici_dir:
+            shutil.rmtree(self._vici_dir, ignore_errors=True)
 
     @property
     def pid(self):
