@@ -1,0 +1,1 @@
+"""Network-namespace lab: LAN hosts, a router running passthrough, a WAN server."""
