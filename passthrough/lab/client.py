@@ -216,9 +216,35 @@ def do_l2tp(a):
     p.summary(tid=tid, peer_tid=state["peer_tid"], peer_port=state["peer_port"])
 
 
+def do_pptp(a):
+    """PPTP control connection (TCP 1723): Start-Control-Connection-Request, echoed back."""
+    from scapy.layers.pptp import PPTPStartControlConnectionRequest
+
+    msg = bytes(PPTPStartControlConnectionRequest(host_name=b"pt-lab"))
+    replies = 0
+    error = None
+    try:
+        s = socket.create_connection((a.server, 1723), timeout=a.setup_timeout)
+        s.settimeout(a.setup_timeout)
+        for i in range(a.count):
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            if got == msg:
+                replies += 1
+        s.close()
+    except OSError as e:
+        error = str(e) or e.__class__.__name__
+    emit({"summary": {"sent": a.count, "replies": replies, "error": error}})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="lab VPN client (scapy-built packets)")
-    ap.add_argument("kind", choices=["esp", "ike", "natt-esp", "l2tp"])
+    ap.add_argument("kind", choices=["esp", "ike", "natt-esp", "l2tp", "pptp"])
     ap.add_argument("--server", default="203.0.113.2")
     ap.add_argument("--spi", type=lambda x: int(x, 0), default=0x1001)
     ap.add_argument("--tid", type=int, default=4242)
@@ -235,7 +261,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.sport is None:
         a.sport = {"ike": a.dport, "natt-esp": 4500, "l2tp": 1701}.get(a.kind, 0)
-    {"esp": do_esp, "ike": do_ike, "natt-esp": do_natt_esp, "l2tp": do_l2tp}[a.kind](a)
+    {"esp": do_esp, "ike": do_ike, "natt-esp": do_natt_esp, "l2tp": do_l2tp, "pptp": do_pptp}[a.kind](a)
     return 0
 
 

@@ -5,7 +5,8 @@ It answers what the LAN-side test clients send, so the router in between sees re
 - IKE on UDP 500 and on 4500 after the non-ESP marker: answers with the same initiator SPI, its own
   responder SPI and the R flag; ESP-in-UDP on 4500 is echoed like raw ESP; 0xFF keepalives ignored;
 - L2TPv2 on UDP 1701: SCCRQ -> SCCRP (optionally from another source port, RFC 2661 §8.1),
-  SCCCN/HELLO/ICRQ... -> ZLB ack, data -> echoed back on the client's tunnel/session ids.
+  SCCCN/HELLO/ICRQ... -> ZLB ack, data -> echoed back on the client's tunnel/session ids;
+- PPTP control on TCP 1723: every message echoed back.
 Real peers (strongSwan, xl2tpd) are exercised separately; this one is small and fully predictable.
 """
 import argparse
@@ -135,6 +136,11 @@ def serve(bind_ip, l2tp_reply_port, ready_file=None):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((bind_ip, port))
         socks[s.fileno()] = (port, s)
+    pptp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    pptp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    pptp.bind((bind_ip, 1723))
+    pptp.listen(16)
+    socks[pptp.fileno()] = ("pptp-listen", pptp)
     alt = None
     if l2tp_reply_port and l2tp_reply_port != 1701:
         alt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -149,6 +155,18 @@ def serve(bind_ip, l2tp_reply_port, ready_file=None):
         ready, _, _ = select.select(list(socks), [], [], 1.0)
         for fd in ready:
             kind, s = socks[fd]
+            if kind == "pptp-listen":  # PPTP control (TCP 1723): echo each message back
+                conn, _ = s.accept()
+                socks[conn.fileno()] = ("pptp", conn)
+                continue
+            if kind == "pptp":
+                data = s.recv(4096)
+                if data:
+                    s.sendall(data)
+                else:
+                    del socks[fd]
+                    s.close()
+                continue
             if kind == "esp":
                 pkt, peer = s.recvfrom(65535)
                 if bind_ip != "0.0.0.0" and socket.inet_ntoa(pkt[16:20]) != bind_ip:

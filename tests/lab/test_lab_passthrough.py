@@ -151,6 +151,19 @@ def test_ipsec_off_blocks_esp_and_ike(fresh):
     assert [r["replies"] for r in res] == [5, 5], res
 
 
+def test_pptp_toggle_and_helper(fresh):
+    srv = fresh.lab.server_ip(0)
+    ok = fresh.client(0, "pptp", "--server", srv, "--count", 2)
+    assert ok["replies"] == 2, ok
+    assert any("dport=1723" in l and "helper=pptp" in l for l in fresh.conntrack().splitlines()), fresh.conntrack()
+    assert fresh.set_options(pptp_passthrough="0")["ok"]
+    off = fresh.client(1, "pptp", "--server", srv, "--count", 1, "--setup-timeout", 1)
+    assert off["replies"] == 0 and off["error"], off
+    assert not [l for l in fresh.conntrack().splitlines() if "dport=1723" in l and "ESTABLISHED" in l]
+    assert fresh.set_options(pptp_passthrough="1")["ok"]
+    assert fresh.client(1, "pptp", "--server", srv, "--count", 1)["replies"] == 1
+
+
 def test_bad_config_value_keeps_last_good(fresh):
     reply = fresh.set_options(l2tp_passthrough="maybe")
     assert not reply["ok"] and "l2tp_passthrough" in reply["error"], reply
