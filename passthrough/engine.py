@@ -66,6 +66,17 @@ class Engine:
             ops.append(op)
         return flow
 
+    def _own_flow(self, kind, remote, key, lan, ops):
+        """The flow for (kind, remote, key) if it belongs to lan. Another host sending the same
+        key (two hosts picked the same random SPI / tunnel id towards one server) takes it over:
+        the newest sender wins, logged."""
+        f = self.flows.get(kind, remote, key)
+        if f is not None and f.lan_ip != lan:
+            self.log("warning", "%s key %s to %s moved from %s to %s" % (kind, f.key_text(), remote, f.lan_ip, lan))
+            self._drop_flow(f, ops)
+            return None
+        return f
+
     def _drop_flow(self, flow, ops):
         if self.flows.remove(flow):
             op = key_op(flow, add=False)
@@ -122,12 +133,7 @@ class Engine:
         spi_i = _int16(d["ike_spi_i"])
         if spi_i == 0:
             return
-        f = self.flows.get("ike", remote, spi_i)
-        if f is not None and f.lan_ip != lan:
-            # Two LAN hosts chose the same 64-bit SPI_i: astronomically rare; the newest wins.
-            self.log("warning", "IKE SPI %016x to %s moved from %s to %s" % (spi_i, remote, f.lan_ip, lan))
-            self._drop_flow(f, ops)
-            f = None
+        f = self._own_flow("ike", remote, spi_i, lan, ops)
         if f is None:
             f = Flow("ike", lan, remote, spi_i, now, zone)
             f.lan_port, f.wan_port, f.remote_port = d["sport"], d["sport"], d["dport"]
@@ -179,11 +185,7 @@ class Engine:
         tid = d.get("l2tp_assigned_tunnel")
         f = None
         if mtype == "SCCRQ" and tid:
-            f = self.flows.get("l2tp", remote, tid)
-            if f is not None and f.lan_ip != lan:
-                self.log("warning", "L2TP tunnel id %d to %s used by %s and %s; newest wins" % (tid, remote, f.lan_ip, lan))
-                self._drop_flow(f, ops)
-                f = None
+            f = self._own_flow("l2tp", remote, tid, lan, ops)
             if f is None:
                 f = Flow("l2tp", lan, remote, tid, now, zone)
                 f.lan_port = f.wan_port = d["sport"]

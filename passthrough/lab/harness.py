@@ -9,20 +9,10 @@ import sys
 import time
 
 from passthrough.cli import ask
+from passthrough.lab.peers import wait_for
 from passthrough.lab.topology import Lab, nsexec, run
 
 LAB_ROOT = "/run/passthrough-lab"
-
-
-def wait_for(predicate, timeout, interval=0.05, what="condition"):
-    deadline = time.time() + timeout
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.time() >= deadline:
-            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 class LabRun:
@@ -40,12 +30,15 @@ class LabRun:
         self.options = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def up(self, start_daemon=True, **options):
+    def up(self, start_daemon=True, responders=True, **options):
+        """Build the lab. responders=False leaves the WAN namespace free for real peers
+        (strongSwan, xl2tpd) that need ports 500/4500/1701 themselves."""
         os.makedirs(self.workdir, exist_ok=True)
         self.lab.up()
-        # Two server addresses: .2 answers L2TP from 1701, .3 from 1702 (RFC 2661 §8.1).
-        self.start_responder(self.lab.server_ip(0), 1701)
-        self.start_responder(self.lab.server_ip(1), 1702)
+        if responders:
+            # Two server addresses: .2 answers L2TP from 1701, .3 from 1702 (RFC 2661 §8.1).
+            self.start_responder(self.lab.server_ip(0), 1701)
+            self.start_responder(self.lab.server_ip(1), 1702)
         self.write_config(**options)
         if start_daemon:
             self.start_daemon()
