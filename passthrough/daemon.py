@@ -351,6 +351,9 @@ class Daemon:
 def main(args):
     """Entry for `passthrough run`."""
     setup_logging(args.log_level or "info", use_syslog=not args.no_syslog)
+    if os.geteuid() != 0:
+        log.error("passthrough run needs root (nftables, NFQUEUE, conntrack)")
+        return 1
     try:
         d = Daemon(args.config, args.control)
     except configmod.ConfigError as e:
