@@ -4,6 +4,7 @@ Pure and MicroPython-compatible (YAML is only imported when a .yaml/.yml file is
 A bad value raises ConfigError naming the option, the value and what is allowed; callers keep
 the last good Config, so a typo in LuCI never takes the router's VPNs down.
 """
+from passthrough import uci as ucimod
 
 DEFAULTS = {
     "enabled": True,
@@ -156,76 +157,29 @@ def validate(values):
 
 
 # --- UCI ---------------------------------------------------------------------------------------
+# The syntax itself (quoting, escapes, comments, anonymous sections, lists) lives in
+# passthrough/uci.py, which also writes files; these wrappers keep config's API and error type.
 def uci_tokens(line, lineno):
     """Split one UCI line into words, honouring '...' and "..." quoting and backslash escapes."""
-    words = []
-    i, n = 0, len(line)
-    while i < n:
-        c = line[i]
-        if c in " \t\r\n":
-            i += 1
-            continue
-        if c == "#":
-            break
-        word = []
-        while i < n and line[i] not in " \t\r\n":
-            c = line[i]
-            if c == "'" or c == '"':
-                j = i + 1
-                while j < n and line[j] != c:
-                    if c == '"' and line[j] == "\\" and j + 1 < n:
-                        j += 1
-                    word.append(line[j])
-                    j += 1
-                if j >= n:
-                    raise ConfigError("line %d: unterminated quote" % lineno)
-                i = j + 1
-            elif c == "\\" and i + 1 < n:
-                word.append(line[i + 1])
-                i += 2
-            elif c == "#":
-                break
-            else:
-                word.append(c)
-                i += 1
-        words.append("".join(word))
-    return words
+    try:
+        return ucimod.line_words(line, lineno)
+    except ucimod.UciError as e:
+        raise ConfigError(str(e))
 
 
 def parse_uci(text):
-    """Parse UCI text into a list of sections: {'type', 'name', 'options': {}, 'lists': {}}."""
-    sections = []
-    cur = None
-    lineno = 0
-    for line in text.split("\n"):
-        lineno += 1
-        words = uci_tokens(line, lineno)
-        if not words:
-            continue
-        kw = words[0]
-        if kw == "package":
-            continue
-        if kw == "config":
-            if len(words) not in (2, 3):
-                raise ConfigError("line %d: 'config' takes a type and an optional name" % lineno)
-            cur = {"type": words[1], "name": words[2] if len(words) == 3 else None, "options": {}, "lists": {}}
-            sections.append(cur)
-        elif kw in ("option", "list"):
-            if cur is None:
-                raise ConfigError("line %d: '%s' outside a config section" % (lineno, kw))
-            if len(words) != 3:
-                raise ConfigError("line %d: '%s' takes a name and one value" % (lineno, kw))
-            if kw == "option":
-                cur["options"][words[1]] = words[2]
-            else:
-                cur["lists"].setdefault(words[1], []).append(words[2])
-        else:
-            raise ConfigError("line %d: unknown keyword %r" % (lineno, kw))
-    return sections
+    """Parse UCI text into a list of sections: {'type', 'name', 'options': {}, 'lists': {}}
+    (name None for anonymous sections)."""
+    try:
+        pkg = ucimod.parse(text)
+    except ucimod.UciError as e:
+        raise ConfigError(str(e))
+    return [{"type": s.type, "name": None if s.anonymous else s.name, "options": s.options(), "lists": s.lists()}
+            for s in pkg.sections]
 
 
 def global_from_uci(text):
-    """The options of `config passthrough 'global'` (first section of type passthrough)."""
+    """The options of `config passthrough 'global'` (else the first section of type passthrough)."""
     sections = parse_uci(text)
     chosen = None
     for s in sections:
