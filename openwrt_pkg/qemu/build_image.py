@@ -252,10 +252,11 @@ def modinfo_depends(path):
 
 # --- the build ---------------------------------------------------------------------------------------
 class Builder:
-    def __init__(self, outdir, cache, use_ipk=True, python=None):
+    def __init__(self, outdir, cache, use_ipk=True, python=None, src=None):
         self.outdir = os.path.abspath(outdir)
         self.cache = cache
-        self.use_ipk = use_ipk
+        self.src = os.path.abspath(src or os.environ.get("PT_QEMU_SRC") or REPO)
+        self.use_ipk = use_ipk and self.src == REPO
         self.python = python or sys.executable
         self.notes = []
 
@@ -275,12 +276,13 @@ class Builder:
         h = hashlib.sha256()
         h.update(json.dumps([FORMAT, sorted(os.path.basename(p) for p in debs.values())]).encode())
         mine = [os.path.abspath(__file__)] + tree_files(GUEST)
-        src = tree_files(os.path.join(REPO, "passthrough"), (".py",)) + tree_files(os.path.join(REPO, "nat"), (".py",))
+        src = tree_files(os.path.join(self.src, "passthrough"), (".py",)) + tree_files(os.path.join(self.src, "nat"), (".py",))
         tools = self.ipk_tools()
         extra = tree_files(os.path.join(REPO, "openwrt_pkg"), None) if tools else []
         extra = [p for p in extra if "/qemu/" not in p and "__pycache__" not in p and not p.endswith(".ipk")]
         h.update(sha_files(mine + src + extra + tree_files(self.nfq_dir(), (".so", ".py"))).encode())
         h.update(b"ipk" if tools else b"copy")
+        h.update(self.src.encode())
         return h.hexdigest()
 
     def build(self, force=False):
@@ -437,14 +439,21 @@ class Builder:
             self.notes.append("installed %s with ipk_install.py" % ", ".join(os.path.basename(x) for x in ipks))
             return "ipk"
         for pkg in ("passthrough", "nat"):
-            shutil.copytree(os.path.join(REPO, pkg), os.path.join(site, pkg),
+            shutil.copytree(os.path.join(self.src, pkg), os.path.join(site, pkg),
                             ignore=shutil.ignore_patterns("__pycache__", "lab"))
         shutil.rmtree(os.path.join(site, "passthrough", "lab"), ignore_errors=True)
+        init = os.path.join(root, "etc", "init.d", "passthrough")
+        os.makedirs(os.path.dirname(init), exist_ok=True)
+        shutil.copy2(os.path.join(GUEST, "passthrough.init"), init)
+        os.chmod(init, 0o755)
+        os.symlink("../init.d/passthrough", os.path.join(root, "etc", "rc.d", "S95passthrough"))
+        os.symlink("../init.d/passthrough", os.path.join(root, "etc", "rc.d", "K10passthrough"))
         entry = os.path.join(root, "usr", "bin", "passthrough")
         with open(entry, "w") as f:
             f.write("#!/usr/bin/python3\nimport sys\nfrom passthrough.cli import main\nsys.exit(main())\n")
         os.chmod(entry, 0o755)
-        self.notes.append("openwrt_pkg/build_ipk.py or ipk_install.py missing: copied passthrough/ and nat/")
+        self.notes.append("copied passthrough/ and nat/ from %s (%s)" % (
+            self.src, "--src given" if self.src != REPO else "openwrt_pkg/build_ipk.py or ipk_install.py missing"))
         return "copy"
 
     def guest_files(self, root, kver):
@@ -558,9 +567,10 @@ def main(argv=None):
     ap.add_argument("--cache", default=DEFAULT_CACHE, help="download/extract cache (default %(default)s)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
     ap.add_argument("--no-ipk", action="store_true", help="copy the python packages instead of installing the .ipk")
+    ap.add_argument("--src", help="take passthrough/ and nat/ from this tree (copied, no ipk); env PT_QEMU_SRC")
     a = ap.parse_args(argv)
     os.makedirs(a.cache, exist_ok=True)
-    m = Builder(a.outdir, a.cache, use_ipk=not a.no_ipk).build(force=a.force)
+    m = Builder(a.outdir, a.cache, use_ipk=not a.no_ipk, src=a.src).build(force=a.force)
     print(json.dumps({k: m[k] for k in ("kernel", "initrd_bytes", "build_seconds", "install", "modules")}))
     return 0
 

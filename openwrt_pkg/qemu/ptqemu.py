@@ -254,7 +254,9 @@ class Guest:
             raise AgentError("qemu exited (%s): %s" % (self.proc.returncode, self.qemu_output()))
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(agent_sock)
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        with self.cond:
+            self.replies = {}  # a previous (failed) start's replies and EOF must not leak in
+        self.reader = threading.Thread(target=self._read, args=(self.sock,), daemon=True)
         self.reader.start()
 
     def qemu_output(self):
@@ -303,9 +305,8 @@ class Guest:
             self.proc.wait(timeout=10)
 
     # --- agent protocol -------------------------------------------------------------------------
-    def _read(self):
+    def _read(self, sock):
         buf = b""
-        sock = self.sock
         while True:
             try:
                 chunk = sock.recv(65536)
@@ -313,7 +314,8 @@ class Guest:
                 chunk = b""
             if not chunk:
                 with self.cond:
-                    self.replies["eof"] = True
+                    if sock is self.sock:
+                        self.replies["eof"] = True
                     self.cond.notify_all()
                 return
             buf += chunk
@@ -324,7 +326,8 @@ class Guest:
                 except ValueError:
                     continue
                 with self.cond:
-                    self.replies[msg.get("id")] = msg
+                    if sock is self.sock:
+                        self.replies[msg.get("id")] = msg
                     self.cond.notify_all()
 
     def _send(self, obj):
