@@ -179,8 +179,9 @@ class RealLab:
                 parts.append("%s: %s" % (p.name, e))
         return "\n".join(parts)
 
-    def close(self):
-        """End everything, then check nothing is left; returns a list of problems ([] = clean)."""
+    def close(self, diagnostics=True):
+        """End everything, then check nothing is left; returns a list of problems ([] = clean).
+        diagnostics: first print logs and router state (for a failed test)."""
         for p in self.peers:
             if p.pid:
                 self._remember(p.pid)
@@ -189,7 +190,8 @@ class RealLab:
                 self._remember(c.proc.pid)
         if self.run.daemon is not None:
             self._remember(self.run.daemon.pid)
-        print(self.diagnostics())
+        if diagnostics:
+            print(self.diagnostics())
         problems = []
         for c in reversed(self.captures):
             try:

@@ -54,6 +54,7 @@ def rlab_factory(request, tmp_path):
     """rlab_factory(**options) -> RealLab; closed by a finalizer that also asserts that no
     process, namespace or PID of ours is left."""
     made = []
+    failed_before = request.session.testsfailed
 
     def make(start_daemon=True, **options):
         lab = RealLab(tmp_path, start_daemon=start_daemon, **options)
@@ -62,8 +63,9 @@ def rlab_factory(request, tmp_path):
 
     def fin():
         problems = []
+        failed = request.session.testsfailed != failed_before  # the call phase failed
         for lab in made:
-            problems += lab.close()
+            problems += lab.close(diagnostics=failed)
         assert not problems, "left behind: %s" % problems
     request.addfinalizer(fin)
     return make
@@ -147,6 +149,7 @@ def test_two_road_warriors_one_gateway_keep_ports(rlab, version):
         assert by_spi[ch["ike"]["initiator-spi"]]["remote-id"] == IDS[i]
 
     # -- the router: each host in its own conntrack zone keeps source ports 500 and 4500
+    print("\n".join(e["line"] for e in rl.vpn_entries()))
     zones = [rl.zone_of(ip) for ip in lans]
     assert None not in zones and zones[0] != zones[1], zones
     for ip, zone in zip(lans, zones):
@@ -250,6 +253,7 @@ def _l2tp_up(rl, lns, lacs, lns_mark=0):
         assert e["zone"] == zone and e["orig"]["sport"] == 1701 and e["orig"]["dport"] == 1701, e["line"]
         assert e["reply"] == {"src": rl.server_ip, "dst": rl.router_wan_ip, "sport": 1701, "dport": 1701}, e["line"]
         assert e["timeout"] > 30, "VPN UDP ct timeout not applied: " + e["line"]
+    print("\n".join(e["line"] for e in rl.vpn_entries(1701)))
     flows = {f["key"]: f for f in rl.flows("l2tp")}
     for i, t in enumerate(tunnels):
         f = flows.get(str(t["local"]))
@@ -323,7 +327,7 @@ def test_l2tp_two_lacs_survive_hello_with_30s_default_udp_timeout(rlab):
     lns = _lns(rl, None)
     lacs = [_lac(rl, i, "lac%d" % (i + 1), None) for i in range(2)]
     tunnels = _l2tp_up(rl, lns, lacs)
-    t_up = time.monotonic()
+    t_up, t_wall = time.monotonic(), time.time()
     marks = [len(x.log_text()) for x in lacs + [lns]]
 
     # sample the router once a second for 130 s: both entries are there all the time
@@ -365,8 +369,11 @@ def test_l2tp_two_lacs_survive_hello_with_30s_default_udp_timeout(rlab):
             assert hellos, "no HELLO %s -> %s on tunnel %d" % (frm, to, tid)
             assert len(set(p["l2tp_ns"] for p in hellos)) == len(hellos), "HELLO retransmitted: %s" % hellos
             for h in hellos:
-                assert any(p["time"] > h["time"] and (p["l2tp_nr"] - h["l2tp_ns"]) % 65536 in range(1, 100)
-                           for p in back), "HELLO Ns=%d %s -> %s not acked" % (h["l2tp_ns"], frm, to)
+                acks = [p for p in back if p["time"] > h["time"] and (p["l2tp_nr"] - h["l2tp_ns"]) % 65536 in range(1, 100)]
+                assert acks, "HELLO Ns=%d %s -> %s not acked" % (h["l2tp_ns"], frm, to)
+                print("tunnel %d: HELLO %s -> %s Ns=%d at +%.1f s, acked by %s after %.1f ms" % (
+                    tid, frm, to, h["l2tp_ns"], h["time"] - t_wall, acks[0]["l2tp_type"],
+                    (acks[0]["time"] - h["time"]) * 1000))
 
     # still up at the end: a StopCCN from each LAC reaches the LNS, which acks it
     mark = len(lns.log_text())
