@@ -275,11 +275,12 @@ LUCI_POSTINST = """#!/bin/sh
 
 
 # --- archives -----------------------------------------------------------------------------------------
-def tar_bytes(entries, epoch):
-    """An uncompressed GNU tar of (name, mode, data-or-None) entries, sorted by name, fixed metadata."""
+def tar_bytes(entries, epoch, sort=True):
+    """An uncompressed GNU tar of (name, mode, data-or-None) entries, sorted by name (unless
+    sort=False: given order), fixed metadata."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for name, mode, data in sorted(entries, key=lambda e: e[0]):
+        for name, mode, data in (sorted(entries, key=lambda e: e[0]) if sort else entries):
             ti = tarfile.TarInfo(name)
             ti.mtime = epoch
             ti.uid = ti.gid = 0
@@ -315,7 +316,8 @@ def ipk_bytes(control_files, tree, epoch):
         ctl_entries.append(("./" + name, mode, control if name == "control" else data))
     outer = tar_bytes([("./debian-binary", 0o644, b"2.0\n"),
                        ("./data.tar.gz", 0o644, gzip_bytes(data_tar)),
-                       ("./control.tar.gz", 0o644, gzip_bytes(tar_bytes(ctl_entries, epoch)))], epoch)
+                       ("./control.tar.gz", 0o644, gzip_bytes(tar_bytes(ctl_entries, epoch)))], epoch,
+                      sort=False)  # ipkg-build's order
     return gzip_bytes(outer), installed_size
 
 

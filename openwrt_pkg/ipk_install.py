@@ -42,7 +42,7 @@ def _ar_members(blob):
         name = head[0:16].decode().strip().rstrip("/")
         size = int(head[48:58].decode().strip())
         pos += 60
-        out["./" + name.lstrip("./")] = blob[pos:pos + size]
+        out["./" + _member_name(name)] = blob[pos:pos + size]
         pos += size + (size & 1)
     return out
 
@@ -57,7 +57,7 @@ def outer_members(blob):
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tf:
         for m in tf.getmembers():
             if m.isfile():
-                out["./" + m.name.lstrip("./")] = tf.extractfile(m).read()
+                out["./" + _member_name(m.name)] = tf.extractfile(m).read()
     return out
 
 
@@ -92,8 +92,15 @@ def parse_control(text):
     return fields
 
 
+def _member_name(name):
+    """'./etc/x' -> 'etc/x' (only the one leading './'), '.' and './' -> '.'"""
+    while name.startswith("./"):
+        name = name[2:]
+    return name or "."
+
+
 def _safe(root, name):
-    rel = posixpath.normpath(name.lstrip("./") or ".")
+    rel = posixpath.normpath(_member_name(name))
     if name.startswith("/") or rel == ".." or rel.startswith("../"):
         raise IpkError("refusing member outside the root: %r" % name)
     return rel
