@@ -286,7 +286,8 @@ def test_l2tp_two_lacs_toggle_off_cuts_and_blocks_on_again(rlab):
     tx0 = [stub_tx(x) for x in ends]
     P.wait_for(lambda: all(stub_tx(x) >= t + 5 for x, t in zip(ends, tx0)), 10, what="5 more frames sent by every stub")
     rx1 = [x.ppp_rx() for x in ends]
-    assert all(b - a <= 1 for a, b in zip(rx0, rx1)), "PPP frames still delivered: %s -> %s" % (rx0, rx1)
+    # (at most the frames already past the router when the drop rules went in: one per call)
+    assert all(b - a <= n for a, b, n in zip(rx0, rx1, (1, 1, 2))), "PPP frames still delivered: %s -> %s" % (rx0, rx1)
     assert rl.policy_drops("l2tp") >= drops0 + 10
     # control messages neither: lac2's StopCCN is never acked, it gives up and destroys the
     # tunnel; at the same time a new LAC on lan1 gets no answer to its SCCRQ and gives up too
