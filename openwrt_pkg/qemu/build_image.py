@@ -256,14 +256,9 @@ class Builder:
         self.outdir = os.path.abspath(outdir)
         self.cache = cache
         self.src = os.path.abspath(src or os.environ.get("PT_QEMU_SRC") or REPO)
-        self.use_ipk = use_ipk and self.src == REPO
+        self.use_ipk = use_ipk
         self.python = python or sys.executable
         self.notes = []
-
-    def ipk_tools(self):
-        b = os.path.join(REPO, "openwrt_pkg", "build_ipk.py")
-        i = os.path.join(REPO, "openwrt_pkg", "ipk_install.py")
-        return (b, i) if self.use_ipk and os.path.exists(b) and os.path.exists(i) else None
 
     def nfq_dir(self):
         p = subprocess.run([self.python, "-c", "import netfilterqueue, os; print(os.path.dirname(netfilterqueue.__file__))"],
@@ -277,11 +272,10 @@ class Builder:
         h.update(json.dumps([FORMAT, sorted(os.path.basename(p) for p in debs.values())]).encode())
         mine = [os.path.abspath(__file__)] + tree_files(GUEST)
         src = tree_files(os.path.join(self.src, "passthrough"), (".py",)) + tree_files(os.path.join(self.src, "nat"), (".py",))
-        tools = self.ipk_tools()
-        extra = tree_files(os.path.join(REPO, "openwrt_pkg"), None) if tools else []
+        extra = tree_files(os.path.join(REPO, "openwrt_pkg"), None) if self.use_ipk else []
         extra = [p for p in extra if "/qemu/" not in p and "__pycache__" not in p and not p.endswith(".ipk")]
         h.update(sha_files(mine + src + extra + tree_files(self.nfq_dir(), (".so", ".py"))).encode())
-        h.update(b"ipk" if tools else b"copy")
+        h.update(b"ipk" if self.use_ipk else b"copy")
         h.update(self.src.encode())
         return h.hexdigest()
 
@@ -311,6 +305,7 @@ class Builder:
             nmods = self.modules(root, ktree, kver)
             install = self.install_passthrough(root, work)
             self.guest_files(root, kver)
+            self.precompile(root)
             self.check_elf(root)
             run(["ldconfig", "-r", root])
             vmlinux_tmp = os.path.join(work, "vmlinux")
@@ -419,29 +414,50 @@ class Builder:
         return len(want)
 
     def install_passthrough(self, root, work):
+        """The OpenWrt way: build passthrough_<ver>_all.ipk with openwrt_pkg/build_ipk.py and install
+        it into the root with openwrt_pkg/ipk_install.py (or, while that tool does not exist, by
+        unpacking the ipk's data.tar.gz as opkg does offline), then enable the service as an image
+        build does. With --src, the python packages of that tree replace the ipk's. Without
+        build_ipk.py: copy the packages and use the stand-in init script."""
         site = os.path.join(root, "usr", "lib", "python3", "dist-packages")
         os.makedirs(site, exist_ok=True)
         shutil.copytree(self.nfq_dir(), os.path.join(site, "netfilterqueue"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyx", "*.pxd", "*.pyi"))
-        tools = self.ipk_tools()
-        if tools:
-            build, inst = tools
+        build, inst = (os.path.join(REPO, "openwrt_pkg", n) for n in ("build_ipk.py", "ipk_install.py"))
+        if self.use_ipk and os.path.exists(build):
             ipkdir = os.path.join(work, "ipk")
             os.makedirs(ipkdir)
-            p = run([self.python, build, "--out", ipkdir], cwd=REPO, check=False)
-            if p.returncode != 0:  # older CLI without --out: positional output dir
-                p = run([self.python, build, ipkdir], cwd=REPO, check=False)
-            ipks = glob.glob(os.path.join(ipkdir, "**", "passthrough_*.ipk"), recursive=True)
-            if p.returncode != 0 or not ipks:
-                raise SystemExit("build_image: build_ipk.py failed (%d): %s" % (p.returncode, (p.stderr or p.stdout)[-2000:]))
-            for ipk in sorted(ipks):
-                run([self.python, inst, root, ipk], cwd=REPO)
-            self.notes.append("installed %s with ipk_install.py" % ", ".join(os.path.basename(x) for x in ipks))
-            return "ipk"
+            p = run([self.python, build, ipkdir], cwd=REPO, check=False)
+            ipks = [x for x in glob.glob(os.path.join(ipkdir, "**", "*.ipk"), recursive=True)
+                    if os.path.basename(x).startswith("passthrough_")]
+            if p.returncode != 0 or len(ipks) != 1:
+                raise SystemExit("build_image: build_ipk.py failed (%d, %s): %s" % (
+                    p.returncode, ipks, (p.stderr or p.stdout)[-2000:]))
+            ipk = ipks[0]
+            if os.path.exists(inst):
+                p = run([self.python, inst, root, ipk], cwd=REPO)
+                mode = "ipk (ipk_install.py)"
+                self.notes.append("ipk_install.py %s: %s" % (os.path.basename(ipk), (p.stdout + p.stderr).strip()[-500:]))
+            else:
+                unpack_ipk(ipk, root)
+                mode = "ipk (data.tar.gz unpacked by build_image: no ipk_install.py yet)"
+            self.notes.append("installed %s" % os.path.basename(ipk))
+            postinst = os.path.join(root, "usr", "lib", "opkg", "info", "passthrough.postinst")
+            if os.path.exists(postinst):  # as OpenWrt's image builder: postinst with IPKG_INSTROOT set
+                p = run(["sh", postinst], env=dict(os.environ, IPKG_INSTROOT=root, PKG_UPGRADE="0"), check=False)
+                self.notes.append("postinst with IPKG_INSTROOT: rc %d %s" % (p.returncode, (p.stdout + p.stderr).strip()[-300:]))
+            self.enable_if_needed(root)
+            if self.src != REPO:
+                lib = os.path.join(root, "usr", "lib", "passthrough")
+                for pkg in ("passthrough", "nat"):
+                    shutil.rmtree(os.path.join(lib, pkg))
+                    shutil.copytree(os.path.join(self.src, pkg), os.path.join(lib, pkg),
+                                    ignore=shutil.ignore_patterns("__pycache__", "lab"))
+                mode += " + python packages from %s" % self.src
+            return mode
         for pkg in ("passthrough", "nat"):
             shutil.copytree(os.path.join(self.src, pkg), os.path.join(site, pkg),
                             ignore=shutil.ignore_patterns("__pycache__", "lab"))
-        shutil.rmtree(os.path.join(site, "passthrough", "lab"), ignore_errors=True)
         init = os.path.join(root, "etc", "init.d", "passthrough")
         os.makedirs(os.path.dirname(init), exist_ok=True)
         shutil.copy2(os.path.join(GUEST, "passthrough.init"), init)
@@ -452,9 +468,25 @@ class Builder:
         with open(entry, "w") as f:
             f.write("#!/usr/bin/python3\nimport sys\nfrom passthrough.cli import main\nsys.exit(main())\n")
         os.chmod(entry, 0o755)
-        self.notes.append("copied passthrough/ and nat/ from %s (%s)" % (
-            self.src, "--src given" if self.src != REPO else "openwrt_pkg/build_ipk.py or ipk_install.py missing"))
+        self.notes.append("copied passthrough/ and nat/ from %s, stand-in init script" % self.src)
         return "copy"
+
+    def enable_if_needed(self, root):
+        """What `/etc/init.d/passthrough enable` does in an image build (IPKG_INSTROOT set), if the
+        installer's postinst did not: S/K links in /etc/rc.d from START/STOP."""
+        init = os.path.join(root, "etc", "init.d", "passthrough")
+        if not os.path.exists(init):
+            raise SystemExit("build_image: the ipk installed no /etc/init.d/passthrough")
+        rcd = os.path.join(root, "etc", "rc.d")
+        if any(n.endswith("passthrough") for n in os.listdir(rcd)):
+            return
+        with open(init) as f:
+            text = f.read()
+        for var, letter in (("START", "S"), ("STOP", "K")):
+            m = re.search(r"^%s=(\d+)" % var, text, re.M)
+            if m:
+                os.symlink("../init.d/passthrough", os.path.join(rcd, "%s%spassthrough" % (letter, m.group(1))))
+        self.notes.append("enabled /etc/init.d/passthrough (rc.d links) after ipk_install.py")
 
     def guest_files(self, root, kver):
         def put(rel, src=None, text=None, mode=0o644):
@@ -489,12 +521,46 @@ class Builder:
         put("etc/ld.so.conf", text="include /etc/ld.so.conf.d/*.conf\n")
         put("etc/openwrt_release", text="# test image: Debian packages, not OpenWrt (passthrough QEMU test)\n"
                                         "DISTRIB_ID='pt-qemu'\nDISTRIB_RELEASE='debian-bookworm-%s'\n" % kver)
+        # OpenWrt-like network/firewall configs (read by the package's uci-defaults and fw4 include
+        # handling in pt-boot); the guest's real network setup is pt-boot's.
+        if not os.path.exists(os.path.join(root, "etc", "config", "network")):
+            put("etc/config/network", text=(
+                "# TEST IMAGE: describes what /etc/pt-boot sets up (no netifd here)\n"
+                "config interface 'loopback'\n\toption device 'lo'\n\toption proto 'static'\n"
+                "\toption ipaddr '127.0.0.1'\n\toption netmask '255.0.0.0'\n\n"
+                "config interface 'lan'\n\toption device 'br-lan'\n\toption proto 'static'\n"
+                "\toption ipaddr '192.168.1.1'\n\toption netmask '255.255.255.0'\n\n"
+                "config interface 'wan'\n\toption device 'wan'\n\toption proto 'static'\n"
+                "\toption ipaddr '203.0.113.1'\n\toption netmask '255.255.255.0'\n"))
+        if not os.path.exists(os.path.join(root, "etc", "config", "firewall")):
+            put("etc/config/firewall", text=(
+                "# TEST IMAGE: no fw4 here; /etc/pt-boot installs table inet fw4 (forward accept,\n"
+                "# masquerade on wan) and runs the script includes listed below, as fw4 does.\n"
+                "config defaults\n\toption input 'ACCEPT'\n\toption output 'ACCEPT'\n\toption forward 'ACCEPT'\n"))
         cfg = os.path.join(root, "etc", "config", "passthrough")
         if not os.path.exists(cfg):
             put("etc/config/passthrough", text="config passthrough 'global'\n\toption enabled '1'\n")
 
     ESSENTIAL = ("bin/busybox", "bin/dash", "usr/bin/python3.11", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
                  "bin/kmod", "lib/x86_64-linux-gnu/libnftables.so.1", "usr/lib/x86_64-linux-gnu/libnftables.so.1")
+
+    def precompile(self, root):
+        """Byte-compile the guest's python (stdlib, dist-packages, passthrough) as unchecked-hash
+        pycs: the cpio stores mtime 0, so timestamp pycs would never match, and compiling at first
+        import under TCG costs ~0.4 s per new command. Needs a 3.11 builder (same magic number)."""
+        code = ("import compileall, sys, py_compile\n"
+                "if sys.version_info[:2] != (3, 11): sys.exit(3)\n"
+                "root = sys.argv[1]\n"
+                "for d in sys.argv[2:]:\n"
+                "    compileall.compile_dir(root + d, ddir=d, quiet=1, workers=0,\n"
+                "        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n")
+        dirs = [d for d in ("/usr/lib/python3.11", "/usr/lib/python3/dist-packages", "/usr/lib/passthrough")
+                if os.path.isdir(root + d)]
+        p = run([self.python, "-c", code, root] + dirs, check=False)
+        if p.returncode == 3:
+            self.notes.append("no precompiled pyc: builder python is not 3.11")
+        elif p.returncode != 0:
+            self.notes.append("precompile failed: %s" % (p.stderr or p.stdout).strip()[-300:])
 
     def check_elf(self, root):
         """Every ELF file's NEEDED libraries must be in the image. Files whose libraries were left
@@ -518,6 +584,53 @@ class Builder:
                 fatal[rel] = lost
         if fatal:
             raise SystemExit("build_image: libraries missing in the image: %s" % json.dumps(fatal))
+
+
+def unpack_ipk(ipk, root):
+    """opkg's offline install, minus the package database: the ipk (gzip tar, or the older ar
+    container) holds data.tar.gz; its files go into root. Maintainer scripts are not run (the
+    package's uci-defaults run at first boot, from pt-boot, as on OpenWrt)."""
+    import io
+    import tarfile
+
+    with open(ipk, "rb") as f:
+        blob = f.read()
+    members = {}
+    if blob.startswith(b"!<arch>\n"):
+        p = 8
+        while p + 60 <= len(blob):
+            name = blob[p:p + 16].decode().strip().rstrip("/")
+            size = int(blob[p + 48:p + 58].decode().strip())
+            members[name] = blob[p + 60:p + 60 + size]
+            p += 60 + size + (size & 1)
+    else:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as t:
+            for m in t.getmembers():
+                if m.isfile():
+                    members[m.name.lstrip("./")] = t.extractfile(m).read()
+    data = members.get("data.tar.gz")
+    if data is None:
+        raise SystemExit("build_image: %s has no data.tar.gz" % ipk)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
+        for m in t.getmembers():
+            name = m.name.lstrip("./")
+            if not name or ".." in name.split("/"):
+                continue
+            dest = os.path.join(root, name)
+            if m.isdir():
+                os.makedirs(dest, exist_ok=True)
+            elif m.issym():
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                if os.path.lexists(dest):
+                    os.unlink(dest)
+                os.symlink(m.linkname, dest)
+            elif m.isfile():
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                if os.path.lexists(dest):
+                    os.unlink(dest)
+                with open(dest, "wb") as f:
+                    f.write(t.extractfile(m).read())
+                os.chmod(dest, m.mode & 0o7777)
 
 
 # --- cpio (newc) --------------------------------------------------------------------------------

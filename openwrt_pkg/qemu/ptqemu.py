@@ -208,6 +208,7 @@ class Guest:
         self.lan_fd, self.wan_fd = lan_fd, wan_fd
         self.accel_wanted = os.environ.get("PT_QEMU_ACCEL", accel)
         self.accel = None
+        self.own_workdir = workdir is None and not os.environ.get("PT_QEMU_KEEP")
         self.workdir = workdir or tempfile.mkdtemp(prefix="pt-qemu-")
         self.mem = mem
         self.append = append
@@ -393,6 +394,8 @@ class Guest:
         self.kill()
         if getattr(self, "qemu_log", None):
             self.qemu_log.close()
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class Router:
