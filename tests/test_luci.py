@@ -1,0 +1,340 @@
+"""luci-app-passthrough: the JS view (syntax, and run under node with stand-ins for LuCI's classes,
+loaded the way LuCI's loader does it), the menu and ACL JSON (hand-written schema), and that the
+view, the menu, the ACL, the UCI defaults and the CLI agree with one another."""
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from passthrough import cli
+from passthrough import config as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP = os.path.join(ROOT, "openwrt_pkg", "luci-app-passthrough")
+VIEW_DIR = os.path.join(APP, "htdocs", "luci-static", "resources", "view")
+VIEW = os.path.join(VIEW_DIR, "passthrough.js")
+MENU = os.path.join(APP, "root", "usr", "share", "luci", "menu.d", "luci-app-passthrough.json")
+ACL = os.path.join(APP, "root", "usr", "share", "rpcd", "acl.d", "luci-app-passthrough.json")
+NODE = "/usr/bin/node"
+
+
+def node():
+    exe = NODE if os.access(NODE, os.X_OK) else shutil.which("node")
+    assert exe, "node is needed for the LuCI view tests (apt-get install nodejs)"
+    return exe
+
+
+def view_source():
+    with open(VIEW) as f:
+        return f.read()
+
+
+# --- the view under node ---------------------------------------------------------------------------
+def test_view_syntax(tmp_path):
+    src = view_source()
+    assert src.startswith("'use strict';\n")
+    # a LuCI view is a function body (it ends in `return view.extend(...)`): check it as LuCI runs it
+    wrapped = tmp_path / "view.js"
+    wrapped.write_text("(function() {\n%s\n});\n" % src)
+    r = subprocess.run([node(), "--check", str(wrapped)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    bare = tmp_path / "bare.js"  # node reads a .js file as CommonJS, also a function body
+    bare.write_text(src)
+    r = subprocess.run([node(), "--check", str(bare)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    broken = tmp_path / "broken.js"  # and the check does catch a syntax error
+    broken.write_text(src.replace("return view.extend({", "return view.extend({{", 1))
+    r = subprocess.run([node(), "--check", str(broken)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "SyntaxError" in r.stderr
+
+
+HARNESS = r"""
+'use strict';
+const fs = require('fs');
+const src = fs.readFileSync(process.argv[2], 'utf8');
+const scenarios = JSON.parse(fs.readFileSync(process.argv[3], 'utf8'));
+const out = { options: [], tabs: [], polls: [], exec: [], tables: [], sections: [] };
+
+global._ = (s) => s;
+String.prototype.format = function() {
+	const args = Array.prototype.slice.call(arguments);
+	return this.replace(/%([sd])/g, (m, t) => { const v = args.shift(); return t == 'd' ? String(Math.floor(+v)) : String(v); });
+};
+const E = global.E = function(tag, attrs, children) {
+	if (Array.isArray(attrs) || typeof(attrs) == 'string') { children = attrs; attrs = {}; }
+	if (Array.isArray(tag)) return { tag: 'fragment', attrs: {}, children: tag.concat(children == null ? [] : children) };
+	return { tag: tag, attrs: attrs || {}, children: children == null ? [] : [].concat(children) };
+};
+function text(node) {
+	if (node == null) return '';
+	if (typeof(node) == 'string') return node;
+	return (node.children || []).map(text).join('');
+}
+global.cbi_update_table = (table, rows, placeholder) => out.tables.push({ id: table.attrs.id, rows: rows, placeholder: text(placeholder) });
+
+class AbstractValue {
+	constructor(name, title, description) { this.name = name; this.title = title; this.description = description; this.values = []; }
+	value(key, title) { this.values.push(key); }
+}
+class Flag extends AbstractValue {}
+class Value extends AbstractValue {}
+class ListValue extends AbstractValue {}
+class DeviceSelect extends Value {}
+class NamedSection {
+	constructor(name, type) { this.name = name; this.type = type; }
+	tab(name, title) { out.tabs.push(name); }
+	taboption(tab, cls, name, title, description) { return this.option(cls, name, title, description, tab); }
+	option(cls, name, title, description, tab) {
+		const o = new cls(name, title, description);
+		o.widget = cls.name; o.tab = tab || null;
+		out.options.push(o);
+		return o;
+	}
+}
+class Map {
+	constructor(config, title, description) { out.map = { config: config, title: title }; }
+	section(cls, name, type) {
+		const s = new cls(name, type);
+		out.sections.push({ cls: cls.name, name: name, type: type });
+		return s;
+	}
+	render() { return Promise.resolve(E('div', { id: 'map' }, [])); }
+}
+const form = { Map, NamedSection, Flag, Value, ListValue, TypedSection: class {}, DummyValue: class {} };
+const widgets = { DeviceSelect };
+let scenario = null;
+const fsStub = {
+	exec_direct: (cmd, args, type) => { out.exec.push(['exec_direct', cmd, args, type]); return scenario.direct instanceof Object ? Promise.reject(new Error(scenario.direct.error)) : Promise.resolve(scenario.direct); },
+	exec: (cmd, args) => { out.exec.push(['exec', cmd, args]); return Promise.resolve(scenario.exec); }
+};
+const poll = { add: (fn, interval) => out.polls.push({ fn: fn, interval: interval }) };
+const view = { extend: (proto) => proto };
+const env = { view, form, fs: fsStub, poll, 'tools.widgets': widgets };
+
+// LuCI's loader: the file is the body of a function whose parameters are the required classes
+const requires = [];
+src.replace(/^'require ([\w.]+)(?: as (\w+))?';$/mg, (m, mod, alias) => { requires.push([mod, alias || mod.split('.').pop()]); });
+for (const [mod] of requires) if (!(mod in env)) throw new Error('unexpected require ' + mod);
+const factory = new Function(...requires.map(r => r[1]), src);
+const v = factory(...requires.map(r => env[r[0]]));
+
+(async () => {
+	out.viewMethods = Object.keys(v).sort();
+	const el = await v.render();
+	out.rendered = text(el);
+	out.parsed = v.parseStatus(scenarios[0].direct);
+	const table = { attrs: { id: 'passthrough_flows' } };
+	for (const sc of scenarios) {
+		scenario = sc;
+		await out.polls[0].fn();
+	}
+	out.options = out.options.map(o => ({ name: o.name, widget: o.widget, tab: o.tab, default: o.default === undefined ? null : o.default,
+		rmempty: o.rmempty === undefined ? null : o.rmempty, datatype: o.datatype || null, values: o.values,
+		placeholder: o.placeholder || null }));
+	out.polls = out.polls.map(p => ({ interval: p.interval }));
+	console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e.stack || String(e)); process.exit(1); });
+"""
+
+
+def flow(**kw):
+    f = {"kind": "esp", "lan_ip": "192.168.1.10", "lan_port": None, "wan_port": None, "remote_ip": "203.0.113.2",
+         "remote_port": None, "key": "0xc0ffee01", "key_out": "0x11112222", "state": "established", "zone": 4097,
+         "age": 12.6, "idle": 0.5, "packets": 40}
+    f.update(kw)
+    return json.dumps(f, sort_keys=True)  # what `passthrough status --json` prints per flow
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    d = tmp_path_factory.mktemp("luci")
+    (d / "harness.js").write_text(HARNESS)
+    scenarios = [
+        # flows, and a line that is not JSON (ignored)
+        {"direct": "\n".join([flow(), flow(kind="l2tp", lan_ip="192.168.1.11", lan_port=1701, wan_port=1701,
+                                           remote_port=1701, key=4711, age=3), "garbage"]) + "\n"},
+        # no output, no daemon: fs.exec gives the reason
+        {"direct": "", "exec": {"code": 1, "stdout": "",
+                                "stderr": "passthrough: no daemon answers on /var/run/passthrough.sock: [Errno 2]\n"}},
+        # no output, daemon fine: no flows
+        {"direct": "", "exec": {"code": 0, "stdout": "", "stderr": ""}},
+        # the request itself fails (e.g. ACL)
+        {"direct": {"error": "Permission denied"}},
+    ]
+    (d / "scenarios.json").write_text(json.dumps(scenarios))
+    r = subprocess.run([node(), str(d / "harness.js"), VIEW, str(d / "scenarios.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_view_builds_the_form(harness):
+    assert harness["map"]["config"] == "passthrough"
+    assert harness["sections"] == [{"cls": "NamedSection", "name": "global", "type": "passthrough"}]
+    opts = {o["name"]: o for o in harness["options"]}
+    for flag in ("enabled", "l2tp_passthrough", "ipsec_passthrough", "pptp_passthrough"):
+        o = opts[flag]
+        assert o["widget"] == "Flag" and o["default"] == "1" and o["rmempty"] is False, o
+    assert opts["lan_device"]["widget"] == "DeviceSelect" and opts["wan_device"]["widget"] == "DeviceSelect"
+    assert opts["log_level"]["widget"] == "ListValue"
+    assert set(harness["tabs"]) == {o["tab"] for o in harness["options"]} == {"general", "advanced"}
+
+
+def test_every_option_the_view_writes_is_a_passthrough_option(harness):
+    names = [o["name"] for o in harness["options"]]
+    assert len(names) == len(set(names))
+    for n in names:
+        assert n in C.DEFAULTS, n
+    # the same by reading the source: every form.X / widgets.X option's second argument
+    static = re.findall(r"\.(?:tab)?option\(\s*(?:'\w+'\s*,\s*)?(?:form|widgets)\.\w+\s*,\s*'(\w+)'", view_source())
+    assert static == names
+
+
+def test_view_defaults_and_ranges_match_the_config(harness):
+    for o in harness["options"]:
+        name = o["name"]
+        default = C.DEFAULTS[name]
+        shown = o["default"] if o["default"] is not None else o["placeholder"]
+        if o["widget"] == "Flag":
+            assert shown == ("1" if default else "0"), name
+        elif shown is not None:
+            assert C.Config({name: shown}).values[name] == default, name
+        if name in C.CHOICE_OPTIONS:
+            assert o["values"] and set(o["values"]) <= set(C.CHOICE_OPTIONS[name]), name
+            assert default in o["values"]
+        if name in C.INT_OPTIONS:
+            assert o["datatype"] == "range(%d,%d)" % C.INT_OPTIONS[name], name
+
+
+def test_flow_table_from_status_json(harness):
+    assert harness["polls"] == [{"interval": 5}]
+    assert harness["exec"][0] == ["exec_direct", "/usr/bin/passthrough", ["status", "--json"], "text"]
+    assert len(harness["parsed"]) == 2 and harness["parsed"][1]["key"] == 4711
+    tables = [t for t in harness["tables"] if t["id"] == "passthrough_flows"]
+    assert tables[0]["rows"] == [] and "Collecting" in tables[0]["placeholder"]
+    rows = tables[1]["rows"]
+    assert rows[0] == ["ESP", "192.168.1.10", "-", "-", "203.0.113.2", "-", "0xc0ffee01", "established", "13s", "40"]
+    assert rows[1] == ["L2TP", "192.168.1.11", "1701", "1701", "203.0.113.2", "1701", "4711", "established", "3s", "40"]
+    assert "no daemon answers" in tables[2]["placeholder"] and tables[2]["rows"] == []
+    assert ["exec", "/usr/bin/passthrough", ["status", "--json"]] in harness["exec"]
+    assert "No VPN flows" in tables[3]["placeholder"]
+    assert "Permission denied" in tables[4]["placeholder"]
+    assert "Active VPN flows" in harness["rendered"]
+
+
+def test_view_fields_are_the_cli_status_columns():
+    m = re.search(r"var STATUS_FIELDS = \[([^\]]*)\]", view_source())
+    assert tuple(re.findall(r"'(\w+)'", m.group(1))) == cli.STATUS_COLUMNS
+
+
+# --- JSON files ---------------------------------------------------------------------------------------
+def check(value, schema, where="$"):
+    """A small JSON-schema-like checker: type, required, properties, additional, keys, items, enum."""
+    t = schema.get("type")
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int}
+    if t:
+        assert isinstance(value, types[t]) and not (t == "integer" and isinstance(value, bool)), \
+            "%s: expected %s, got %r" % (where, t, value)
+    if "enum" in schema:
+        assert value in schema["enum"], "%s: %r not in %r" % (where, value, schema["enum"])
+    if "pattern" in schema:
+        assert re.match(schema["pattern"], value), "%s: %r does not match %s" % (where, value, schema["pattern"])
+    if t == "object":
+        for k in schema.get("required", ()):
+            assert k in value, "%s: missing %r" % (where, k)
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if "keys" in schema:
+                assert re.match(schema["keys"], k), "%s: bad key %r" % (where, k)
+            if k in props:
+                check(v, props[k], "%s.%s" % (where, k))
+            else:
+                extra = schema.get("additional", False)
+                assert extra is not False, "%s: unexpected key %r" % (where, k)
+                check(v, extra, "%s.%s" % (where, k))
+    if t == "array":
+        if schema.get("min"):
+            assert len(value) >= schema["min"], "%s: too short" % where
+        for i, item in enumerate(value):
+            check(item, schema.get("items", {}), "%s[%d]" % (where, i))
+
+
+MENU_SCHEMA = {
+    "type": "object", "keys": r"^admin(/[a-z0-9_-]+)+$",
+    "additional": {
+        "type": "object", "required": ["title", "action"],
+        "properties": {
+            "title": {"type": "string"},
+            "order": {"type": "integer"},
+            "action": {"type": "object", "required": ["type", "path"], "properties": {
+                "type": {"type": "string", "enum": ["view", "template", "alias", "firstchild", "call", "function"]},
+                "path": {"type": "string", "pattern": r"^[a-z0-9_/-]+$"}}},
+            "depends": {"type": "object", "properties": {
+                "acl": {"type": "array", "min": 1, "items": {"type": "string"}},
+                "uci": {"type": "object", "additional": {"type": "boolean"}}}},
+        }},
+}
+
+PERMS = {"type": "array", "min": 1, "items": {"type": "string", "enum": ["read", "write", "exec", "list"]}}
+ACL_SCOPE = {"type": "object", "properties": {
+    "uci": {"type": "array", "items": {"type": "string"}},
+    "file": {"type": "object", "additional": PERMS},
+    "ubus": {"type": "object", "additional": {"type": "array", "items": {"type": "string"}}},
+    "cgi-io": {"type": "array", "items": {"type": "string"}}}}
+ACL_SCHEMA = {
+    "type": "object", "keys": r"^[a-z0-9_-]+$",
+    "additional": {"type": "object", "required": ["description"], "properties": {
+        "description": {"type": "string"}, "read": ACL_SCOPE, "write": ACL_SCOPE}},
+}
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_json_files_match_their_schema():
+    check(load(MENU), MENU_SCHEMA)
+    check(load(ACL), ACL_SCHEMA)
+    with pytest.raises(AssertionError):  # the checker does reject
+        check({"admin/services/x": {"title": "x", "action": {"type": "viewz", "path": "x"}}}, MENU_SCHEMA)
+    with pytest.raises(AssertionError):
+        check({"app": {"description": "x", "read": {"file": {"/bin/sh": ["run"]}}}}, ACL_SCHEMA)
+
+
+def test_menu_points_at_the_view_and_the_acl():
+    menu = load(MENU)
+    assert list(menu) == ["admin/services/passthrough"]
+    entry = menu["admin/services/passthrough"]
+    assert entry["action"]["type"] == "view"
+    assert os.path.isfile(os.path.join(VIEW_DIR, entry["action"]["path"] + ".js"))
+    assert entry["depends"]["acl"] == list(load(ACL))
+    assert entry["depends"]["uci"] == {"passthrough": True}
+
+
+def test_acl_grants_exactly_what_the_view_runs():
+    acl = load(ACL)["luci-app-passthrough"]
+    src = view_source()
+    cmd = re.search(r"var STATUS_CMD = '([^']+)';", src).group(1)
+    args = re.findall(r"'([^']+)'", re.search(r"var STATUS_ARGS = \[([^\]]*)\]", src).group(1))
+    # rpcd and cgi-io check "<executable> <arg> <arg>..." against the file ACL when the bare
+    # executable is not allowed: grant only that exact command line
+    assert acl["read"]["file"] == {" ".join([cmd] + args): ["exec"]}
+    assert acl["read"]["uci"] == ["passthrough"] and acl["write"] == {"uci": ["passthrough"]}
+    # every command the view executes is that one
+    calls = re.findall(r"fs\.(exec\w*)\(([^)]*)\)", src)
+    assert calls and all(c[1].startswith("STATUS_CMD, STATUS_ARGS") for c in calls), calls
+    assert not re.search(r"fs\.(read|write|list|remove|stat)", src)
+
+
+def test_view_config_and_uci_file_agree():
+    """The shipped /etc/config/passthrough sets what the view shows, with the same defaults."""
+    shipped = C.load(os.path.join(ROOT, "openwrt_pkg", "passthrough", "files", "passthrough.config"))
+    assert shipped == C.Config()
+    flags = re.findall(r"form\.Flag, '(\w+)'", view_source())
+    text = open(os.path.join(ROOT, "openwrt_pkg", "passthrough", "files", "passthrough.config")).read()
+    for f in flags:
+        assert re.search(r"^\toption %s '1'$" % f, text, re.M), f
