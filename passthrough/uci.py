@@ -412,7 +412,7 @@ class Package:
     def _stmt_line(self, st, words):
         """A statement's line rewritten with new words: indentation and a trailing comment kept."""
         tail = self.lines[st.last][st.col1:]
-        keep = tail if tail.strip().startswith("#") else ""
+        keep = tail if tail.strip().startswith("#") else ("\r" if tail.endswith("\r") else "")
         return _indent(self.lines[st.first]) + _render_words(words) + keep
 
     def _remove(self, stmts):
@@ -512,9 +512,9 @@ class Package:
             if not valid_type(stype):
                 raise UciError("invalid section type %r" % stype)
             s = self._isolate(ref)
-            st = s.heads[0]
-            self.lines[st.first:st.last + 1] = [
-                self._stmt_line(st, ["config", stype] + ([] if s.anonymous else [s.name]))]
+            for st in sorted(s.heads, key=lambda t: -t.first):  # every declaration of it
+                self.lines[st.first:st.last + 1] = [
+                    self._stmt_line(st, ["config", stype] + ([] if s.anonymous else [s.name]))]
             self._relex()
         return s.name
 
@@ -613,7 +613,8 @@ def write_atomic(path, text):
 
 # --- the uci command, natively or through the real program -------------------------------------
 def _which(prog):
-    for d in (os.getenv("PATH") if hasattr(os, "getenv") else "/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+    path = os.getenv("PATH") if hasattr(os, "getenv") else None
+    for d in (path or "/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
         p = (d or ".") + "/" + prog
         try:
             st = os.stat(p)

@@ -128,9 +128,11 @@ def test_set_existing_option_changes_one_line_and_keeps_comment():
     new = p.text()
     assert changed_lines(MESSY, new) == [4]
     assert new.split("\n")[4] == "\toption enabled '0'\t# master switch"
+    p.set("named_one", "crlf", "y")  # a CRLF line stays CRLF
+    assert p.text().split("\n")[22] == "\toption crlf 'y'\r"
     p.set("global", "l2tp_passthrough", "1")  # four-space indentation kept
     assert p.text().split("\n")[5] == "    option l2tp_passthrough '1'"
-    assert changed_lines(MESSY, p.text()) == [4, 5]
+    assert changed_lines(MESSY, p.text()) == [4, 5, 22]
     assert uci.parse(p.text()).get("global", "enabled") == "0"
 
 
@@ -218,6 +220,10 @@ def test_add_and_retype_sections():
     assert q.get("fresh") == "passthrough"
     merged = uci.parse("config t 'n'\n\toption a 1\nconfig t 'n'\n\toption b 2\n")
     assert len(merged.sections) == 1 and merged.get("n", "a") == "1" and merged.get("n", "b") == "2"
+    merged.set_section("n", "u")  # a section declared twice is retyped everywhere
+    assert merged.get("n") == "u" and merged.text().count("config u 'n'") == 2
+    merged.set("n", "c", "3")  # a new option goes to the end of its last block
+    assert merged.text().endswith("\toption b 2\n\toption c '3'\n")
 
 
 def test_errors_name_the_line():
