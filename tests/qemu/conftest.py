@@ -7,6 +7,7 @@ printed at the end of the run.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -119,13 +120,20 @@ class QemuLab:
         return int(pid[0]) if alive.rc == 0 else None
 
     def wait_daemon(self, timeout=60, not_pid=None):
-        """Until the daemon (under the procd shim) answers `passthrough status`; returns its pid."""
+        """Until the daemon (under the procd shim) answers `passthrough status`; returns its pid.
+        Fails at once, with the daemon's log, when the procd shim gave up respawning it."""
         def ready():
             pid = self.daemon_pid()
             if pid is None or pid == not_pid:
+                if "giving up" in self.guest.run("cat /var/log/passthrough.log 2>/dev/null").stdout:
+                    raise AssertionError("passthrough keeps crashing in the guest (procd shim gave up):\n"
+                                         + self.log_tail())
                 return None
             return pid if self.guest.run("passthrough status >/dev/null 2>&1").rc == 0 else None
-        return wait_for(ready, timeout, interval=0.2, what="passthrough daemon in the guest")
+        try:
+            return wait_for(ready, timeout, interval=0.2, what="passthrough daemon in the guest")
+        except TimeoutError as e:
+            raise AssertionError("%s; guest log:\n%s" % (e, self.log_tail()))
 
     def status(self):
         out = self.sh("passthrough status --json")
@@ -142,6 +150,7 @@ class QemuLab:
 
 @pytest.fixture(scope="module")
 def qlab(tmp_path_factory):
+    assert shutil.which("qemu-system-x86_64"), "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
     workdir = str(tmp_path_factory.mktemp("qemu"))
     t0 = time.time()
     router = ptqemu.Router(IMAGE, workdir=workdir)
