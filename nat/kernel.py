@@ -167,14 +167,24 @@ class Kernel:
         return None
 
     def reload_chains(self, cfg):
-        """Swap the chains for a new config (toggles, devices) without losing map contents."""
+        """Swap the chains for a new config (toggles, devices) without losing map contents.
+        Chains the kernel has but the new layout lacks (a table kept from an older version)
+        are deleted, so no stale base chain stays hooked."""
         self.cfg = cfg
         body = nftx.render_fastpath(cfg, self.backend)
-        chains = []
-        for name in ("classify", "classify_out", "classify_in", "steer", "mangle_prerouting", "nat_prerouting"):
-            chains.append("flush chain ip %s %s" % (nftx.TABLE, name))
+        have = self._chain_names()
+        if have is None:
+            have = [n for n in nftx.FASTPATH_CHAINS]
+        cmds = ["flush chain ip %s %s" % (nftx.TABLE, n) for n in have]
+        cmds += ["delete chain ip %s %s" % (nftx.TABLE, n) for n in have if n not in nftx.FASTPATH_CHAINS]
         # Re-declaring the table adds the new rules; the flush above removed the old ones.
-        self.nft.check("\n".join(chains) + "\n" + body, "reloading fast-path chains")
+        self.nft.check("\n".join(cmds) + "\n" + body, "reloading fast-path chains")
+
+    def _chain_names(self):
+        data = self.nft.list_json("table ip %s" % nftx.TABLE)
+        if data is None:
+            return None
+        return [item["chain"]["name"] for item in data if "chain" in item]
 
     def apply_policy(self, cfg):
         self.nft.check(nftx.replace_table("inet", nftx.POLICY_TABLE, nftx.render_policy(cfg)), "installing policy table")
