@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetlink-dev
-      nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps
+      nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd"
 missing=""
 for p in $PKGS; do
