@@ -129,17 +129,26 @@ class RealLab:
         return parse_conntrack(self.run.conntrack())
 
     def vpn_entries(self, port=None, lan_ip=None):
-        """conntrack entries LAN host -> our server (orig direction), optionally one port."""
+        """conntrack entries between a LAN host and our server, each with a "view" added:
+        {lan, lan_port, wan_ip, wan_port, remote_port, inbound_first}. Most entries start
+        with the LAN host's packet (orig = LAN -> server); one that started with a packet from
+        the server (fallback steering + DNAT in the host's zone) has the tuples the other way
+        round (orig = server -> router, reply = LAN host -> server). `port`: the LAN-side port."""
         lans = [self.lab.lan_ip(i) for i in range(len(self.lab.lan_hosts))]
         out = []
         for e in self.conntrack():
-            o = e["orig"]
-            if o.get("dst") != self.server_ip or o.get("src") not in lans:
+            o, r = e["orig"], e["reply"]
+            if o.get("src") in lans and o.get("dst") == self.server_ip:
+                v = {"lan": o["src"], "lan_port": o.get("sport"), "wan_ip": r.get("dst"),
+                     "wan_port": r.get("dport"), "remote_port": o.get("dport"), "inbound_first": False}
+            elif o.get("src") == self.server_ip and r.get("src") in lans and r.get("dst") == self.server_ip:
+                v = {"lan": r["src"], "lan_port": r.get("sport"), "wan_ip": o.get("dst"),
+                     "wan_port": o.get("dport"), "remote_port": o.get("sport"), "inbound_first": True}
+            else:
                 continue
-            if port is not None and o.get("sport") != port:
+            if (port is not None and v["lan_port"] != port) or (lan_ip is not None and v["lan"] != lan_ip):
                 continue
-            if lan_ip is not None and o["src"] != lan_ip:
-                continue
+            e["view"] = v
             out.append(e)
         return out
 

@@ -157,12 +157,13 @@ def test_two_road_warriors_one_gateway_keep_ports(rlab, version):
             ents = rl.vpn_entries(port, ip)
             assert len(ents) == 1, (ip, port, rl.run.conntrack())
             e = ents[0]
-            assert e["zone"] == zone, e["line"]
+            assert e["zone"] == zone and not e["view"]["inbound_first"], e["line"]
             assert e["reply"] == {"src": rl.server_ip, "dst": rl.router_wan_ip, "sport": port, "dport": port}, e["line"]
             assert e["timeout"] > 30, "VPN UDP ct timeout not applied: " + e["line"]
     for e in rl.vpn_entries():
-        assert e["reply"]["dport"] == e["orig"]["sport"], "port not preserved: " + e["line"]
-        assert e["reply"]["dport"] >= 1024 or e["reply"]["dport"] in (500, 4500), "low port: " + e["line"]
+        v = e["view"]
+        assert v["wan_port"] == v["lan_port"], "port not preserved: " + e["line"]
+        assert v["wan_port"] >= 1024 or v["wan_port"] in (500, 4500), "low port: " + e["line"]
 
     # -- the daemon: ike + natt flows per host, with the clients' own SPIs (correct pairing)
     flows = rl.flows()
@@ -202,13 +203,14 @@ def test_baseline_plain_masquerade_remaps_second_road_warrior(rlab_factory):
     lans = [rl.lab.lan_ip(i) for i in range(2)]
     for port in (500, 4500):
         ents = rl.vpn_entries(port)
-        assert sorted(e["orig"]["src"] for e in ents) == lans, rl.run.conntrack()
+        assert sorted(e["view"]["lan"] for e in ents) == lans, rl.run.conntrack()
         assert all(e["zone"] is None for e in ents)
-        kept = [e for e in ents if e["reply"]["dport"] == port]
-        moved = [e for e in ents if e["reply"]["dport"] != port]
+        kept = [e for e in ents if e["view"]["wan_port"] == port]
+        moved = [e for e in ents if e["view"]["wan_port"] != port]
         assert len(kept) == 1 and len(moved) == 1, [e["line"] for e in ents]
+        print("plain masquerade:", moved[0]["line"])
         if port == 500:
-            assert 1 <= moved[0]["reply"]["dport"] <= 511, moved[0]["line"]
+            assert 1 <= moved[0]["view"]["wan_port"] <= 511, moved[0]["line"]
     ports = sorted(sa["remote-port"] for sa in gw.list_sas())
     assert "4500" in ports and ports != ["4500", "4500"], ports
 
@@ -250,8 +252,11 @@ def _l2tp_up(rl, lns, lacs, lns_mark=0):
         ents = rl.vpn_entries(1701, rl.lab.lan_ip(i))
         assert len(ents) == 1, rl.run.conntrack()
         e = ents[0]
-        assert e["zone"] == zone and e["orig"]["sport"] == 1701 and e["orig"]["dport"] == 1701, e["line"]
-        assert e["reply"] == {"src": rl.server_ip, "dst": rl.router_wan_ip, "sport": 1701, "dport": 1701}, e["line"]
+        # (after a toggle, stale data from the LNS for a cut tunnel may have opened the host's
+        # entry from the WAN side: the fallback map steered it into the zone, DNAT to the host)
+        v = e["view"]
+        assert e["zone"] == zone, e["line"]
+        assert (v["lan_port"], v["wan_ip"], v["wan_port"], v["remote_port"]) == (1701, rl.router_wan_ip, 1701, 1701), e["line"]
         assert e["timeout"] > 30, "VPN UDP ct timeout not applied: " + e["line"]
     print("\n".join(e["line"] for e in rl.vpn_entries(1701)))
     flows = {f["key"]: f for f in rl.flows("l2tp")}
