@@ -2,9 +2,9 @@
 """Host side of the passthrough QEMU router: namespaces + taps, the QEMU process, the guest agent.
 
     ptqemu.py boot [--image DIR] [--keep]      build (cached), boot, print timings, run a few commands
-    ptqemu.py down                              remove leftover pt-q* namespaces (and kill their qemu)
+    ptqemu.py down                              remove leftover pt-q<pid>-* namespaces of dead processes
 
-Topology (all names prefixed `pt-q`):
+Topology (namespace names pt-q<pid>-..., shown without the <pid>- part):
 
     pt-qlan1 192.168.1.10 ┐ veth        tap (fd) ┌─────────── guest ───────────┐ tap (fd)
     pt-qlan2 192.168.1.11 ┴─ br0 [pt-qlan] ──────│ lan -> br-lan 192.168.1.1   │──────── [pt-qwan] 203.0.113.2, .3
@@ -32,7 +32,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-PREFIX = "pt-q"
+PREFIX = "pt-q"  # every namespace of ours: pt-q<pid>-lan, -lan1, -lan2, -wan (one set per process)
 LAN_MAC = "52:54:00:70:71:01"
 WAN_MAC = "52:54:00:70:71:02"
 LAN_NET = "192.168.1"
@@ -107,7 +107,8 @@ def open_tap(ns, name):
 class Topology:
     """Host namespaces around the guest: LAN switch + two LAN hosts, WAN server."""
 
-    def __init__(self, prefix=PREFIX, hosts=2):
+    def __init__(self, prefix=None, hosts=2):
+        prefix = prefix or "%s%d-" % (PREFIX, os.getpid())
         self.prefix = prefix
         self.lan = prefix + "lan"
         self.wan = prefix + "wan"
@@ -121,7 +122,24 @@ class Topology:
     def lan_ip(self, i):
         return "%s.%d" % (LAN_NET, 10 + i)
 
+    @staticmethod
+    def remove_stale():
+        """Namespaces pt-q<pid>-* of processes that no longer exist (a killed test run)."""
+        import re
+
+        out = sh(["ip", "netns", "list"], check=False).stdout
+        for line in out.splitlines():
+            m = re.match(r"^(%s(\d+)-\S+)" % re.escape(PREFIX), line.strip())
+            if m and not os.path.exists("/proc/%s" % m.group(2)):
+                for pid in sh(["ip", "netns", "pids", m.group(1)], check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (OSError, ValueError):
+                        pass
+                sh(["ip", "netns", "del", m.group(1)], check=False)
+
     def up(self):
+        self.remove_stale()
         self.down()
         try:
             for ns in self.namespaces:
@@ -401,7 +419,7 @@ class Guest:
 class Router:
     """Topology + guest, as a context manager. build: (re)build the image first (cached)."""
 
-    def __init__(self, image=DEFAULT_IMAGE, build=True, prefix=PREFIX, accel="auto", workdir=None):
+    def __init__(self, image=DEFAULT_IMAGE, build=True, prefix=None, accel="auto", workdir=None):
         self.image = image
         self.build = build
         self.topo = Topology(prefix)
@@ -448,7 +466,7 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="boot: leave it running (Ctrl-C to stop)")
     a = ap.parse_args(argv)
     if a.action == "down":
-        Topology().down()
+        Topology.remove_stale()
         return 0
     r = Router(a.image, accel=a.accel)
     with r:

@@ -180,6 +180,6 @@ def qlab(tmp_path_factory):
             lab.stop_responders()
         router.down()
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert ptqemu.PREFIX + "lan" not in left and ptqemu.PREFIX + "wan" not in left, "namespaces left: " + left
+        assert router.topo.prefix not in left, "namespaces left: " + left
         if router.guest is not None and router.guest.proc is not None:
             assert router.guest.proc.poll() is not None, "qemu still running"

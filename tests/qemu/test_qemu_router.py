@@ -132,3 +132,33 @@ def test_kill9_daemon_established_esp_keeps_flowing_then_respawn_adopts(qlab):
     assert flows and flows[0]["lan_ip"] == "192.168.1.10", qlab.status()
     again = qlab.client(0, "esp", *esp(0x21200, count=10))
     assert again["replies"] == 10, again
+
+
+def test_bad_uci_value_refused_last_good_config_kept(qlab):
+    g = qlab.guest
+    pid = qlab.daemon_pid()
+    try:
+        qlab.uci_set(udp_timeout=5)  # below the 120 s minimum: refused
+        r = g.run("/etc/init.d/passthrough reload")
+        assert r.rc != 0 and "udp_timeout" in (r.stdout + r.stderr), r
+        assert qlab.daemon_pid() == pid  # not restarted
+        res = qlab.client(1, "l2tp", *l2tp(4321, count=5))
+        assert res.get("error") is None and res["replies"] == 5, res
+        assert "vpn-udp" in qlab.sh("nft list table ip passthrough") and "180" in qlab.sh(
+            "nft list ct timeout ip passthrough vpn-udp")
+    finally:
+        qlab.uci_set(udp_timeout=180)
+        assert g.run("/etc/init.d/passthrough reload").rc == 0
+
+
+def test_opkg_postinst_on_the_live_router_restarts_the_service(qlab):
+    """What `opkg install` runs after unpacking (IPKG_INSTROOT empty): enable + restart."""
+    g = qlab.guest
+    pid = qlab.daemon_pid()
+    r = g.run("sh /usr/lib/opkg/info/passthrough.postinst", timeout=60)
+    assert r.rc == 0, r
+    new = qlab.wait_daemon(timeout=60, not_pid=pid)
+    assert new != pid
+    assert "backend nft" in qlab.sh("passthrough status")
+    res = qlab.clients("esp", [(0, esp(0x21300, count=10)), (1, esp(0x21301, count=10))])
+    assert [r["replies"] for r in res] == [10, 10], res
