@@ -181,10 +181,11 @@ class Kernel:
         self.nft.check("\n".join(cmds) + "\n" + body, "reloading fast-path chains")
 
     def _chain_names(self):
-        data = self.nft.list_json("table ip %s" % nftx.TABLE)
+        data = self.nft.list_json("chains ip")  # chains only: no rule JSON to render
         if data is None:
             return None
-        return [item["chain"]["name"] for item in data if "chain" in item]
+        return [item["chain"]["name"] for item in data
+                if "chain" in item and item["chain"].get("table") == nftx.TABLE]
 
     def apply_policy(self, cfg):
         self.nft.check(nftx.replace_table("inet", nftx.POLICY_TABLE, nftx.render_policy(cfg)), "installing policy table")
