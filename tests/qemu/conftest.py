@@ -144,6 +144,20 @@ class QemuLab:
             self.sh("uci set passthrough.global.%s=%s" % (k, v))
         self.sh("uci commit passthrough")
 
+    def hosts_by_zone(self):
+        """LAN host indexes (0, 1) ordered by their conntrack zone, from `passthrough status`."""
+        import re
+
+        line = self.sh("passthrough status").splitlines()[0]
+        pairs = re.findall(r"192\.168\.1\.(\d+)=zone (\d+)", line)
+        return [int(h) - 10 for h, z in sorted(pairs, key=lambda p: int(p[1]))]
+
+    def dump(self):
+        """Guest state for assertion messages."""
+        return self.guest.run("passthrough status; conntrack -L 2>/dev/null | grep -E 'esp|udp' | head -40; "
+                              "for m in lan_zone esp_zone esp_out; do nft list set ip passthrough $m 2>/dev/null "
+                              "|| nft list map ip passthrough $m; done; tail -n 30 /var/log/passthrough.log").stdout
+
     def log_tail(self, n=40):
         return self.guest.run("tail -n %d /var/log/passthrough.log; logread | tail -n 20" % n).stdout
 
