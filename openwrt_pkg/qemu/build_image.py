@@ -280,6 +280,15 @@ class Builder:
         return h.hexdigest()
 
     def build(self, force=False):
+        """Build under an exclusive lock of the cache (concurrent test runs share it)."""
+        import fcntl
+
+        os.makedirs(self.cache, exist_ok=True)
+        with open(os.path.join(self.cache, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._build(force)
+
+    def _build(self, force=False):
         t0 = time.time()
         debs, kpkg = fetch(self.cache)
         manifest_path = os.path.join(self.outdir, "manifest.json")
