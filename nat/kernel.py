@@ -153,8 +153,8 @@ class Kernel:
 
     def adopt_or_install(self, backend):
         """Keep the fast-path table (and its learned maps) if a previous run left one: a daemon
-        restart must not cut established VPNs. Returns the JSON elements of the kept maps."""
-        kept = self.nft.list_json("table ip %s" % nftx.TABLE)
+        restart must not cut established VPNs. Returns the kept table's chain names (or None)."""
+        kept = self._chain_names()  # chain names only: rules would print JSON warnings
         if kept:
             self.backend = backend
             self.reload_chains(self.cfg)

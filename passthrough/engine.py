@@ -34,6 +34,7 @@ class Engine:
         self.flows = FlowTable(cfg.max_flows, cfg.flows_per_host, cfg.flow_timeout)
         self.pending = {}       # (kind, lan_ip, remote_ip, out_spi) -> Flow awaiting its inbound SPI
         self.host_seen = {}     # lan_ip -> last activity (zone lifetime)
+        self._full_logged = {}  # lan_ip -> next time a "quota full" warning may be logged
         self.stats = {"queued": 0, "outbound": 0, "inbound": 0, "malformed": 0, "unmatched": 0,
                       "paired": 0, "table_full": 0, "ambiguous": 0}
 
@@ -53,6 +54,19 @@ class Engine:
             self.log("info", "LAN host %s -> conntrack zone %d" % (lan_ip, zone))
         ops.extend(zops)
         return zone
+
+    def _host_full(self, lan, now):
+        """True (and counted, logged at most once a second) when `lan` has used its flow quota.
+        Checked before a new flow is built: a flood of fresh SPIs from one host then costs a
+        dict lookup per packet instead of a Flow, an exception and a formatted log line."""
+        ft = self.flows
+        if ft.per_host.get(lan, 0) < ft.flows_per_host:
+            return False
+        self.stats["table_full"] += 1
+        if now >= self._full_logged.get(lan, 0):
+            self._full_logged[lan] = now + 1.0
+            self.log("warning", "host %s has %d flows (flows_per_host): new flows not tracked" % (lan, ft.flows_per_host))
+        return True
 
     def _add_flow(self, flow, now, ops):
         try:
@@ -135,6 +149,8 @@ class Engine:
             return
         f = self._own_flow("ike", remote, spi_i, lan, ops)
         if f is None:
+            if self._host_full(lan, now):
+                return
             f = Flow("ike", lan, remote, spi_i, now, zone)
             f.lan_port, f.wan_port, f.remote_port = d["sport"], d["sport"], d["dport"]
             f.detail = "IKEv%s" % d.get("ike_version")
@@ -187,6 +203,8 @@ class Engine:
         if mtype == "SCCRQ" and tid:
             f = self._own_flow("l2tp", remote, tid, lan, ops)
             if f is None:
+                if self._host_full(lan, now):
+                    return
                 f = Flow("l2tp", lan, remote, tid, now, zone)
                 f.lan_port = f.wan_port = d["sport"]
                 f.remote_port = d["dport"]
@@ -338,6 +356,7 @@ class Engine:
                 zone, zops = self.zones.release(lan)
                 ops.extend(zops)
                 self.host_seen.pop(lan, None)
+                self._full_logged.pop(lan, None)
                 self.log("info", "LAN host %s released zone %d" % (lan, zone))
         return ops
 
