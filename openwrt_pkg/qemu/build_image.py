@@ -50,13 +50,18 @@ KERNEL_META = "linux-image-amd64"
 PACKAGES = [
     "busybox-static", "dash", "python3.11-minimal", "libpython3.11-stdlib", "nftables", "libnftables1",
     "iproute2", "conntrack", "kmod", "libnetfilter-queue1", "libnfnetlink0", "libmnl0", "netbase", "libc6",
+    # real L2TP/IPsec peers inside the guest (kernel IPsec, pppd with /dev/ppp): tests/qemu
+    "strongswan-charon", "strongswan-swanctl", "libstrongswan", "strongswan-libcharon", "xl2tpd", "ppp",
 ]
 # Pulled in by apt's closure but useless in a RAM-disk router (maintainer scripts, docs, perl).
 DENY = {
     "debconf", "cdebconf", "dpkg", "install-info", "tar", "perl", "perl-base", "perl-modules-5.36",
     "libperl5.36", "mailcap", "mime-support", "media-types", "libdebian-installer4", "libnewt0.52",
     "libslang2", "libtextwrap1", "libgdbm6", "libgdbm-compat4", "libdb5.3", "readline-common",
-    "debianutils", "libcap2-bin", "libsqlite3-0",
+    "debianutils", "libcap2-bin", "libsqlite3-0", "adduser", "passwd", "usrmerge", "usr-is-merged",
+    "sysvinit-utils", "init-system-helpers", "lsb-base", "libsemanage2", "libsemanage-common",
+    "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl", "libpam-modules",
+    "libpam-modules-bin", "libpam-runtime", "procps", "libproc2-0", "libelogind0",
 }
 # Kernel module directories (under kernel/) copied into the image, plus the depends= closure.
 MODULE_DIRS = [
@@ -233,7 +238,7 @@ def needed(path):
     return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", p.stdout)
 
 
-LIBDIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib", "lib64"]
+LIBDIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib", "lib64", "usr/lib/ipsec"]
 
 
 def find_lib(root, name):
@@ -522,6 +527,7 @@ class Builder:
         put("sbin/pt-procd-run", "pt-procd-run", mode=0o755)
         put("sbin/uci", "uci", mode=0o755)
         put("sbin/reload_config", "reload_config", mode=0o755)
+        put("usr/sbin/pt-vpnlab", "pt-vpnlab", mode=0o755)
         put("etc/pt-modules", "modules.txt")
         put("etc/passwd", text="root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
         put("etc/group", text="root:x:0:\nnogroup:x:65534:\n")
@@ -550,7 +556,7 @@ class Builder:
         if not os.path.exists(cfg):
             put("etc/config/passthrough", text="config passthrough 'global'\n\toption enabled '1'\n")
 
-    ESSENTIAL = ("bin/busybox", "bin/dash", "usr/bin/python3.11", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
+    ESSENTIAL = ("usr/lib/ipsec/charon", "usr/sbin/swanctl", "usr/sbin/xl2tpd", "usr/sbin/pppd", "bin/busybox", "bin/dash", "usr/bin/python3.11", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
                  "bin/kmod", "lib/x86_64-linux-gnu/libnftables.so.1", "usr/lib/x86_64-linux-gnu/libnftables.so.1")
 
     def precompile(self, root):
@@ -577,7 +583,7 @@ class Builder:
         netfilterqueue extension must be complete."""
         missing = {}
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu",
-                  "usr/lib/python3.11/lib-dynload", "usr/lib/python3/dist-packages"):
+                  "usr/lib/python3.11/lib-dynload", "usr/lib/python3/dist-packages", "usr/lib/ipsec", "usr/lib/pppd"):
             for p in tree_files(os.path.join(root, d)):
                 if os.path.islink(p) or not is_elf(p):
                     continue

@@ -183,3 +183,27 @@ def test_restart_renumbers_zones_stale_conntrack_blocks_esp(qlab):
     res = qlab.client(late, "esp", *esp(0x21410 + late, count=10))
     other = qlab.client(1 - late, "esp", *esp(0x21420 + late, count=10))
     assert [res["replies"], other["replies"]] == [10, 10], "%s %s\n%s" % (res, other, qlab.dump())
+
+
+def test_real_l2tp_ipsec_client_kernel_ipsec_xl2tpd_pppd(qlab):
+    """A complete L2TP/IPsec client in a guest namespace behind the router (192.168.1.20: charon
+    with kernel IPsec, IKEv1 PSK, transport mode, NAT-T; xl2tpd LAC; pppd over kernel L2TP) and
+    its server on the WAN side (203.0.113.20): PPP comes up and carries traffic, and passthrough
+    tracked the IKE SA and the ESP-in-UDP SA with the ports kept (4500 -> 4500)."""
+    g = qlab.guest
+    try:
+        t = time.time()
+        r = g.run("pt-vpnlab up", timeout=180)
+        qlab.results["l2tp_ipsec_real_client_up_s"] = round(time.time() - t, 1)
+        assert r.rc == 0, "%r\n%s" % (r, qlab.dump())
+        ping = g.run("ip netns exec c1 ping -c 3 -W 3 10.99.0.1", timeout=30)
+        assert ping.rc == 0 and " 0% packet loss" in ping.stdout, ping
+        sas = g.run("pt-vpnlab status").stdout
+        assert "TRANSPORT-in-UDP" in sas and "ESTABLISHED, IKEv1" in sas, sas
+        flows = [f for f in qlab.status() if f["lan_ip"] == "192.168.1.20"]
+        kinds = {f["kind"]: f for f in flows}
+        assert "ike" in kinds and "natt" in kinds, flows
+        assert kinds["natt"]["state"] == "up" and kinds["natt"]["lan_port"] == 4500 and kinds["natt"]["wan_port"] == 4500, flows
+        assert kinds["natt"]["remote_ip"] == "203.0.113.20"
+    finally:
+        g.run("pt-vpnlab down", timeout=60)
