@@ -28,21 +28,32 @@ class HostTableFull(Exception):
 
 
 class ZoneAllocator:
-    """Hands out zones zone_base+1 .. zone_base+max_hosts to LAN hosts, reusing freed ones."""
+    """Hands out zones zone_base+1 .. zone_base+max_hosts to LAN hosts.
+
+    A host's zone is derived from its address (low 16 bits modulo max_hosts; the next free one
+    on a clash), so a restarted daemon that lost its maps gives each host the zone it had: the
+    host's conntrack entries there stay valid, and no host inherits another's stale entries
+    (with raw ESP those would clash with its own and block it).
+    """
 
     def __init__(self, zone_base=4096, max_hosts=256):
         self.zone_base = zone_base
         self.max_hosts = max_hosts
         self.by_host = {}
         self.by_zone = {}
-        self.free = []
-        self.next_zone = zone_base + 1
 
     def zone_of(self, lan_ip):
         return self.by_host.get(lan_ip)
 
     def host_of(self, zone):
         return self.by_zone.get(zone)
+
+    def preferred(self, lan_ip):
+        low = 0
+        parts = lan_ip.split(".")
+        if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
+            low = int(parts[2]) * 256 + int(parts[3])
+        return self.zone_base + 1 + low % self.max_hosts
 
     def assign(self, lan_ip, zone=None):
         """Zone for lan_ip and the ops that program it ([] when it already had one).
@@ -53,20 +64,12 @@ class ZoneAllocator:
         if z is not None:
             return z, []
         if zone is None:
-            if self.free:
-                zone = self.free.pop()
-            elif self.next_zone <= self.zone_base + self.max_hosts:
-                zone = self.next_zone
-                self.next_zone += 1
-            else:
+            if len(self.by_zone) >= self.max_hosts:
                 raise HostTableFull("all %d host zones in use" % self.max_hosts)
-        else:
-            if zone in self.free:
-                self.free.remove(zone)
-            if zone >= self.next_zone:
-                for z2 in range(self.next_zone, zone):
-                    self.free.append(z2)
-                self.next_zone = zone + 1
+            zone = self.preferred(lan_ip)
+            first = self.zone_base + 1
+            while zone in self.by_zone:
+                zone = first + (zone + 1 - first) % self.max_hosts
         self.by_host[lan_ip] = zone
         self.by_zone[zone] = lan_ip
         return zone, [("add", LAN_ZONE, (lan_ip,), zone), ("add", ZONE_LAN, (zone,), lan_ip)]
@@ -76,7 +79,6 @@ class ZoneAllocator:
         if z is None:
             return None, []
         self.by_zone.pop(z, None)
-        self.free.append(z)
         return z, [("del", LAN_ZONE, (lan_ip,)), ("del", ZONE_LAN, (z,))]
 
     def hosts(self):

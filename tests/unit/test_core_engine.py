@@ -4,6 +4,7 @@ from passthrough.config import Config
 from passthrough.engine import Engine
 
 LAN1, LAN2, SRV = "192.168.1.10", "192.168.1.11", "203.0.113.2"
+Z1, Z2 = 4096 + 1 + 10, 4096 + 1 + 11  # zones derive from the address (zone_base 4096)
 
 
 def pkt(src, dst, proto, **kw):
@@ -43,11 +44,11 @@ def ops_named(ops, name):
 def test_first_packet_assigns_zone_and_learns_ike_spi():
     e = engine()
     ops = e.handle(ike(LAN1, SRV, 0xAAAA), False, 1.0)
-    assert ops_named(ops, "lan_zone") == [("add", "lan_zone", (LAN1,), 4097)]
-    assert ops_named(ops, "zone_lan") == [("add", "zone_lan", (4097,), LAN1)]
-    assert [o[:4] for o in ops_named(ops, "ike_zone")] == [("add", "ike_zone", (SRV, 0xAAAA), 4097)]
+    assert ops_named(ops, "lan_zone") == [("add", "lan_zone", (LAN1,), Z1)]
+    assert ops_named(ops, "zone_lan") == [("add", "zone_lan", (Z1,), LAN1)]
+    assert [o[:4] for o in ops_named(ops, "ike_zone")] == [("add", "ike_zone", (SRV, 0xAAAA), Z1)]
     ops = e.handle(ike(LAN2, SRV, 0xBBBB), False, 1.1)
-    assert [o[:4] for o in ops_named(ops, "ike_zone")] == [("add", "ike_zone", (SRV, 0xBBBB), 4098)]
+    assert [o[:4] for o in ops_named(ops, "ike_zone")] == [("add", "ike_zone", (SRV, 0xBBBB), Z2)]
     rows = e.status(2.0)
     assert [(r["kind"], r["lan_ip"], r["key"], r["lan_port"], r["wan_port"]) for r in rows] == [
         ("ike", LAN1, "000000000000aaaa", 500, 500), ("ike", LAN2, "000000000000bbbb", 500, 500)]
@@ -59,9 +60,9 @@ def test_esp_pairing_oldest_waiting_host_first():
     assert ("add", "esp_out", (LAN1, 0x1001), None) in ops
     e.handle(esp(LAN2, SRV, 0x1002), False, 1.2)
     ops = e.handle(esp(SRV, "203.0.113.1", 0x2001), True, 1.3)
-    assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2001), 4097)]
+    assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2001), Z1)]
     ops = e.handle(esp(SRV, "203.0.113.1", 0x2002), True, 1.4)
-    assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2002), 4098)]
+    assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2002), Z2)]
     assert e.stats["paired"] == 2 and not e.pending
 
 
@@ -76,7 +77,7 @@ def test_natt_and_raw_esp_pair_separately():
     e.handle(esp(LAN1, SRV, 0x1001, udp=True), False, 1.0)
     assert e.handle(esp(SRV, "203.0.113.1", 0x2001), True, 1.1) == []  # raw ESP: no raw SA waiting
     ops = e.handle(esp(SRV, "203.0.113.1", 0x2001, udp=True), True, 1.2)
-    assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2001), 4097)]
+    assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2001), Z1)]
     assert e.status(2.0)[0]["kind"] == "natt"
 
 
@@ -91,7 +92,7 @@ def test_pending_esp_expires_after_pair_window():
 def test_l2tp_tunnel_learned_from_sccrq_and_port_change():
     e = engine()
     ops = e.handle(l2tp(LAN1, SRV, 0, "SCCRQ", assigned=41), False, 1.0)
-    assert [o[:4] for o in ops_named(ops, "l2tp_zone")] == [("add", "l2tp_zone", (SRV, 41), 4097)]
+    assert [o[:4] for o in ops_named(ops, "l2tp_zone")] == [("add", "l2tp_zone", (SRV, 41), Z1)]
     e.handle(l2tp(SRV, "203.0.113.1", 41, "SCCRP", assigned=100, sport=1702), True, 1.1)
     f = e.flows.get("l2tp", SRV, 41)
     assert f.key_out == 100 and f.remote_port == 1702 and f.state == "SCCRP"
@@ -139,7 +140,7 @@ def test_peer_initiated_ike_sa_goes_to_the_only_host():
     e = engine()
     e.handle(ike(LAN1, SRV, 0xAAAA), False, 1.0)
     ops = e.handle(ike(SRV, "203.0.113.1", 0xCCCC), True, 2.0)
-    assert [o[:4] for o in ops_named(ops, "ike_zone")] == [("add", "ike_zone", (SRV, 0xCCCC), 4097)]
+    assert [o[:4] for o in ops_named(ops, "ike_zone")] == [("add", "ike_zone", (SRV, 0xCCCC), Z1)]
     e.handle(ike(LAN2, SRV, 0xBBBB), False, 3.0)
     assert e.handle(ike(SRV, "203.0.113.1", 0xDDDD), True, 4.0) == []  # two hosts: ambiguous
     assert e.stats["ambiguous"] == 1
