@@ -167,22 +167,24 @@ def test_opkg_postinst_on_the_live_router_restarts_the_service(qlab):
     assert res["replies"] == 10, "%s\n%s" % (res, qlab.dump())
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a clean restart renumbers the host zones while the "
-                   "conntrack entries of the old zones stay; a host given another host's old zone collides "
-                   "with that host's ESP entry (NAT finds no unique tuple) until it times out")
-def test_restart_renumbers_zones_stale_conntrack_blocks_esp(qlab):
-    """Deterministic: after a restart, the host that had the higher zone starts first and gets
-    zone_base+1, the zone whose conntrack entries still belong to the other host."""
+def test_restart_keeps_host_zones_no_stale_conntrack_clash(qlab):
+    """Regression (found here first): a clean restart used to renumber the host zones while the
+    conntrack entries of the old zones stayed, so a host given another host's old zone collided
+    with that host's ESP entry (no unique NAT tuple) until it timed out. Deterministic order: after
+    the restart, the host that had the higher zone starts first."""
     esp_both = qlab.clients("esp", [(0, esp(0x21400, count=5)), (1, esp(0x21401, count=5))])
     assert [r["replies"] for r in esp_both] == [5, 5], esp_both
+    zones_before = qlab.sh("passthrough status").splitlines()[0].split("hosts ", 1)[1]
     order = qlab.hosts_by_zone()
     pid = qlab.daemon_pid()
     assert qlab.guest.run("/etc/init.d/passthrough restart", timeout=60).rc == 0
     qlab.wait_daemon(timeout=60, not_pid=pid)
-    late = order[-1]  # had the higher zone: now the first host seen, gets the lowest zone
+    late = order[-1]
     res = qlab.client(late, "esp", *esp(0x21410 + late, count=10))
     other = qlab.client(1 - late, "esp", *esp(0x21420 + late, count=10))
     assert [res["replies"], other["replies"]] == [10, 10], "%s %s\n%s" % (res, other, qlab.dump())
+    zones_after = qlab.sh("passthrough status").splitlines()[0].split("hosts ", 1)[1]
+    assert zones_after == zones_before
 
 
 def test_real_l2tp_ipsec_client_kernel_ipsec_xl2tpd_pppd(qlab):
