@@ -105,7 +105,7 @@ class Kernel:
         want = self.cfg.queue_backend
         if want in ("auto", "nft"):
             probe = ("table ip passthrough_probe { chain c { type filter hook prerouting priority 0; "
-                     "meta l4proto 253 queue flags bypass to %d; } }\ndelete table ip passthrough_probe\n" % self.cfg.queue_num)
+                     "meta l4proto 253 queue flags bypass to %d; }\n}\ndelete table ip passthrough_probe\n" % self.cfg.queue_num)
             ok, _, err = self.nft.run(probe)
             self.nft.run("delete table ip passthrough_probe")
             if ok:

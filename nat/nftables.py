@@ -29,6 +29,10 @@ KEY_TYPES = {
     ESP_ZONE: "typeof ip saddr . @th,0,32 : ct zone",
     L2TP_ZONE: "typeof ip saddr . @th,96,16 : ct zone",
 }
+# Key-only twin of each demux map, for the "not known yet" tests in classify: kernels before 6.5
+# refuse a lookup on a map that does not use its value ("nf_tables: relax set/map validation
+# checks"), e.g. OpenWrt 23.05's 5.15 and Debian 12's 6.1. render_op keeps the twins in step.
+KEYSET = {LAN_ZONE: LAN_ZONE + "_k", IKE_ZONE: IKE_ZONE + "_k", ESP_ZONE: ESP_ZONE + "_k", L2TP_ZONE: L2TP_ZONE + "_k"}
 COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE, LAN_ZONE)
 
 # Per family: forwarded traffic dropped when its passthrough toggle is off.
@@ -74,6 +78,8 @@ def render_fastpath(cfg, backend):
         extra = " counter;" if name in COUNTED else ""
         out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
     out.append("\tset %s { typeof ip saddr . @th,0,32; }" % ESP_OUT)
+    for name in sorted(KEYSET):
+        out.append("\tset %s { %s; }" % (KEYSET[name], KEY_TYPES[name].split(" : ")[0]))
     # Kernel-learned fallback (remote, ports) -> zone of the host that last sent there: the
     # plain-NAT behaviour for keys nobody has learned yet (daemon dead or not yet answered).
     out.append("\tmap %s { typeof ip saddr . udp sport . udp dport : ct zone; flags dynamic,timeout; timeout %ds; }"
@@ -96,10 +102,10 @@ def render_fastpath(cfg, backend):
         co.append("meta l4proto esp ip saddr . @th,0,32 @%s %s accept" % (ESP_OUT, zone_lan))
     co.append("udp dport 1701 @th,64,8 & 0x80 == 0x00 %s accept" % zone_lan)
     # First VPN packet of a LAN host: the daemon gives the host its zone.
-    co.append("udp sport %s ip saddr != @%s %s" % (VPN_UDP, LAN_ZONE, q))
-    co.append("udp dport %s ip saddr != @%s %s" % (VPN_UDP, LAN_ZONE, q))
+    co.append("udp sport %s ip saddr != @%s %s" % (VPN_UDP, KEYSET[LAN_ZONE], q))
+    co.append("udp dport %s ip saddr != @%s %s" % (VPN_UDP, KEYSET[LAN_ZONE], q))
     if ipsec:
-        co.append("meta l4proto esp ip saddr != @%s %s" % (LAN_ZONE, q))
+        co.append("meta l4proto esp ip saddr != @%s %s" % (KEYSET[LAN_ZONE], q))
         co.append("udp dport 500 %s" % q)  # IKE: learn initiator SPIs
         co.append("udp dport 4500 udp length > 12 @th,64,32 0 %s" % q)  # IKE after non-ESP marker
         co.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (ESP_OUT, q))
@@ -119,14 +125,14 @@ def render_fastpath(cfg, backend):
     if l2tp:
         ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ct zone set ip saddr . @th,80,16 map @%s accept" % L2TP_ZONE)
     if ipsec:
-        ci.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (IKE_ZONE, q))
-        ci.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (ESP_ZONE, q))
-        ci.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (ESP_ZONE, q))
-        ci.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (IKE_ZONE, q))
+        ci.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (KEYSET[IKE_ZONE], q))
+        ci.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_ZONE], q))
+        ci.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_ZONE], q))
+        ci.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (KEYSET[IKE_ZONE], q))
     if l2tp:
-        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (L2TP_ZONE, q))
+        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (KEYSET[L2TP_ZONE], q))
         ci.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)
-        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (L2TP_ZONE, q))
+        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (KEYSET[L2TP_ZONE], q))
     out.append("\tchain classify_in {")
     out.extend("\t\t" + r for r in ci)
     out.append("\t}")
@@ -235,15 +241,19 @@ def _key_text(name, key):
 
 
 def render_op(op):
-    """One element command for an op tuple from nat/mapping.py (op[4], if any, is a comment)."""
+    """Element command(s) for an op tuple from nat/mapping.py (op[4], if any, is a comment);
+    a demux map's key-only twin set gets the same add/delete on the next line."""
     verb, name, key = op[0], op[1], op[2]
     comment = op[4] if len(op) > 4 else None
     k = _key_text(name, key)
+    twin = ""
+    if name in KEYSET:
+        twin = "\n%s element ip %s %s { %s }" % ("delete" if verb == "del" else "add", TABLE, KEYSET[name], k)
     if verb == "del":
-        return "delete element ip %s %s { %s }" % (TABLE, name, k)
+        return "delete element ip %s %s { %s }" % (TABLE, name, k) + twin
     if comment:
         k += ' comment "%s"' % comment.replace('"', "")
     value = op[3] if len(op) > 3 else None
     if value is None:
-        return "add element ip %s %s { %s }" % (TABLE, name, k)
-    return "add element ip %s %s { %s : %s }" % (TABLE, name, k, value)
+        return "add element ip %s %s { %s }" % (TABLE, name, k) + twin
+    return "add element ip %s %s { %s : %s }" % (TABLE, name, k, value) + twin
