@@ -12,7 +12,8 @@ fi
 
 PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetlink-dev
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
-      strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd"
+      strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd
+      qemu-system-x86"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
