@@ -1,0 +1,141 @@
+"""Data plane: plain kernel NAT (the lab's masquerade only) vs passthrough active.
+
+trafgen (netsniff-ng) blasts one static frame per case from a LAN host (up) or from the server
+(down) for a fixed window; the receiving namespace counts and drops the frames in a prerouting
+chain (nft counter). trafgen runs on one CPU (-P 1): with veth the whole forwarding path runs in
+the sender's softirq context, so the received rate is the per-packet cost of the router path.
+The passthrough case first learns each flow with the lab client (SPI / tunnel id in the kernel
+maps), and checks afterwards that the blast was not queued (daemon stats 'queued' unchanged).
+"""
+import os
+import subprocess
+import time
+
+from bench import lablib as B
+
+SPI_NATT = 0x51000
+SPI_ESP = 0x52000
+L2TP_TID = 4711
+L2TP_SESSION = 7
+STEP = 0x1000  # the lab responder answers with SPI + STEP
+
+
+def learn(run):
+    """Run the lab clients once so the flows exist (conntrack; with the daemon: kernel maps)."""
+    srv = run.lab.server_ip(0)
+    natt = run.client(0, "natt-esp", "--server", srv, "--spi", hex(SPI_NATT), "--count", 3, "--wait", 0.3,
+                      "--interval", 0.05)
+    esp = run.client(0, "esp", "--server", srv, "--spi", hex(SPI_ESP), "--count", 3, "--wait", 0.3,
+                     "--interval", 0.05)
+    l2tp = run.client(0, "l2tp", "--server", srv, "--tid", L2TP_TID, "--count", 3, "--wait", 0.3,
+                      "--interval", 0.05)
+    for name, s in (("natt", natt), ("esp", esp), ("l2tp", l2tp)):
+        if not s.get("replies"):
+            raise RuntimeError("learning %s flow failed: %s" % (name, s))
+    return {"l2tp_peer_tid": l2tp["peer_tid"]}
+
+
+def frames(run, learned, size):
+    """{(flow, direction): frame bytes}."""
+    L = run.lab
+    lan, srv, wan = L.lan_ip(0), L.server_ip(0), B.wan_ip()
+    hmac, rlan = B.mac_of(L.lan_hosts[0], "eth0"), B.mac_of(L.router, "br-lan")
+    smac, rwan = B.mac_of(L.server, "eth0"), B.mac_of(L.router, "wan")
+    out = {}
+    up = lambda proto, l4: B.ether(rlan, hmac, B.ipv4(lan, srv, proto, l4))  # noqa: E731
+    down = lambda proto, l4: B.ether(rwan, smac, B.ipv4(srv, wan, proto, l4))  # noqa: E731
+    out[("natt", "up")] = up(17, B.udp(lan, srv, 4500, 4500, B.esp_payload(SPI_NATT, 1, size, True)))
+    out[("natt", "down")] = down(17, B.udp(srv, wan, 4500, 4500, B.esp_payload(SPI_NATT + STEP, 1, size, True)))
+    out[("esp", "up")] = up(50, B.esp_payload(SPI_ESP, 1, size, False))
+    out[("esp", "down")] = down(50, B.esp_payload(SPI_ESP + STEP, 1, size, False))
+    out[("l2tp", "up")] = up(17, B.udp(lan, srv, 1701, 1701, B.l2tp_data(learned["l2tp_peer_tid"], L2TP_SESSION, size)))
+    out[("l2tp", "down")] = down(17, B.udp(srv, wan, 1701, 1701, B.l2tp_data(L2TP_TID, L2TP_SESSION, size)))
+    return out
+
+
+def blast(run, frame, direction, seconds, workdir, warmup=0.3):
+    L = run.lab
+    if direction == "up":
+        tx_ns, rx_ns, match = L.lan_hosts[0], L.server, "ip saddr %s" % B.wan_ip()
+    else:
+        tx_ns, rx_ns, match = L.server, L.lan_hosts[0], "ip saddr %s" % L.server_ip(0)
+    conf = os.path.join(workdir, "dp.cfg")
+    with open(conf, "w") as f:
+        f.write(B.trafgen_conf([frame]))
+    B.sink_install(rx_ns, match)
+    gen = B.Trafgen(tx_ns, "eth0", conf, cpus=1).start()
+    try:
+        time.sleep(warmup)
+        p0, b0 = B.sink_read(rx_ns)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        p1, b1 = B.sink_read(rx_ns)
+        t1 = time.monotonic()
+    finally:
+        err = gen.stop()
+        B.sink_remove(rx_ns)
+    dt = t1 - t0
+    pps = (p1 - p0) / dt
+    if pps == 0:
+        raise RuntimeError("no packets received (%s %s); trafgen: %s" % (direction, match, err.strip()[-300:]))
+    ip_bytes = len(frame) - 14
+    return {"pps": round(pps), "mbps": round(pps * ip_bytes * 8 / 1e6, 1)}
+
+
+def queued(run):
+    if run.daemon is None:
+        return None
+    from passthrough.cli import ask
+    return ask(run.control, "stats")["summary"]["stats"]["queued"]
+
+
+def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3, log=print):
+    """Two labs side by side: `kernel_run` has only the lab masquerade (no daemon, no
+    passthrough tables), `pt_run` runs the daemon. Each case is blasted in both labs in
+    alternating order, so background load hits both modes alike; medians are reported."""
+    flows = ("natt", "esp", "l2tp")
+    raw = []
+    q_total = 0
+    for size in sizes:
+        learned = {"kernel": learn(kernel_run), "passthrough": learn(pt_run)}
+        q0 = queued(pt_run)
+        fr = {"kernel": frames(kernel_run, learned["kernel"], size),
+              "passthrough": frames(pt_run, learned["passthrough"], size)}
+        runs = {"kernel": kernel_run, "passthrough": pt_run}
+        for flow in flows:
+            for direction in ("up", "down"):
+                for rep in range(reps):
+                    order = ("kernel", "passthrough") if rep % 2 == 0 else ("passthrough", "kernel")
+                    for mode in order:
+                        res = blast(runs[mode], fr[mode][(flow, direction)], direction, seconds, workdir)
+                        res.update(rep=rep, mode=mode, size=size, flow=flow, direction=direction)
+                        raw.append(res)
+                        log("  dataplane %-11s %-4s %-4s %4d B rep %d: %8d pkt/s %8.1f Mbit/s" % (
+                            mode, flow, direction, size, rep, res["pps"], res["mbps"]))
+        q_total += queued(pt_run) - q0
+    summary = summarize(raw, sizes, flows)
+    summary["queued_during_blast"] = q_total
+    return summary, raw
+
+
+def summarize(raw, sizes, flows):
+    rows = []
+    for size in sizes:
+        for flow in flows:
+            for direction in ("up", "down"):
+                row = {"flow": flow, "direction": direction, "size": size}
+                for mode in ("kernel", "passthrough"):
+                    vals = [r for r in raw if r.get("mode") == mode and r.get("flow") == flow
+                            and r.get("size") == size and r.get("direction") == direction]
+                    row[mode + "_pps"] = round(B.median([r["pps"] for r in vals]))
+                    row[mode + "_mbps"] = round(B.median([r["mbps"] for r in vals]), 1)
+                    row[mode + "_pps_all"] = [r["pps"] for r in vals]
+                row["ratio"] = round(row["passthrough_pps"] / float(row["kernel_pps"]), 3)
+                rows.append(row)
+    return {"rows": rows, "min_ratio": min(r["ratio"] for r in rows),
+            "median_ratio": round(B.median([r["ratio"] for r in rows]), 3), "target": 0.95}
+
+
+def tool_check():
+    missing = [t for t in ("trafgen",) if subprocess.run(["which", t], capture_output=True).returncode]
+    return missing

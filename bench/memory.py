@@ -1,0 +1,106 @@
+"""Memory per tracked flow.
+
+engine: tracemalloc of an Engine fed N new flows through Engine.handle (decoded packets, so the
+        strings held per flow are what the daemon holds): IKE SAs, and ESP SA pairs (outbound
+        packet -> pending, inbound twin -> flow), spread over 100 LAN hosts and 50 servers.
+kernel: a map like the daemon's esp_zone (key remote ip . SPI, value zone, per-element counter,
+        comment as the daemon writes it) filled with N elements in a scratch namespace of our
+        own; the cost is the rise of the kernel's Slab + Percpu memory (/proc/meminfo), so it is
+        an estimate (other activity on the machine adds noise; the larger N, the better).
+"""
+import gc
+import os
+import struct
+import subprocess
+import time
+import tracemalloc
+
+from bench import lablib as B
+
+
+def _ike(lan, srv, spi):
+    return B.ipv4(lan, srv, 17, struct.pack("!HHHH", 500, 500, 36, 0) + B.ike_header(spi))
+
+
+def engine_bytes_per_flow(n, kind="ike"):
+    from passthrough.config import Config
+    from passthrough.engine import Engine
+    from passthrough.proto.decode import decode_ip
+
+    cfg = Config({"max_flows": max(16, n), "flows_per_host": n, "max_hosts": 200})
+    hosts = ["192.168.%d.%d" % (1 + i // 200, 10 + i % 200) for i in range(100)]
+    servers = ["203.0.113.%d" % (2 + i) for i in range(50)]
+    pkts = []
+    for i in range(n):
+        lan, srv = hosts[i % 100], servers[(i // 100) % 50]
+        if kind == "ike":
+            pkts.append((_ike(lan, srv, 0x1000000000 + i), None))
+        else:
+            spi = 0x10000000 + i
+            pkts.append((B.ipv4(lan, srv, 50, struct.pack("!II", spi, 1) + b"x" * 16),
+                         B.ipv4(srv, "203.0.113.1", 50, struct.pack("!II", spi + 0x4000000, 1) + b"y" * 16)))
+    gc.collect()
+    tracemalloc.start()
+    e = Engine(cfg)
+    base = tracemalloc.get_traced_memory()[0]
+    now = 1000.0
+    for out, back in pkts:
+        e.handle(decode_ip(out), False, now)
+        if back is not None:
+            e.handle(decode_ip(back), True, now)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    flows = len(e.flows)
+    del e, pkts
+    gc.collect()
+    return {"flows": flows, "pending": 0, "bytes": used, "bytes_per_flow": round(used / float(max(1, flows)))}
+
+
+def _meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) * 1024
+    return out["Slab"] + out.get("Percpu", 0)
+
+
+def kernel_bytes_per_element(n, ns="pt-b-mem", samples=3):
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        results = []
+        for _ in range(samples):
+            B.nsexec(ns, "nft", "-f", "-", input="table ip memprobe {}\ndelete table ip memprobe\n"
+                     "table ip memprobe {\n\tmap m { typeof ip saddr . @th,0,32 : ct zone; counter; }\n}\n")
+            lines = []
+            for i in range(n):
+                lines.append('add element ip memprobe m { 10.%d.%d.%d . 0x%08x comment "esp 192.168.%d.%d 4500 4500 %d" : %d }'
+                             % ((i >> 16) & 255, (i >> 8) & 255, i & 255, 0x10000000 + i, (i >> 8) & 255, i & 255,
+                                0x20000000 + i, 4097 + i % 256))
+            text = "\n".join(lines) + "\n"
+            time.sleep(0.5)
+            m0 = _meminfo()
+            B.nsexec(ns, "nft", "-f", "-", input=text, timeout=300)
+            time.sleep(0.5)
+            m1 = _meminfo()
+            results.append((m1 - m0) / float(n))
+            B.nsexec(ns, "nft", "delete", "table", "ip", "memprobe")
+            time.sleep(1.0)
+        return {"elements": n, "bytes_per_element": round(B.median(results)), "samples": [round(x) for x in results]}
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def measure(sizes=(10000, 100000), log=print):
+    out = {"engine": {}, "kernel": {}, "target_bytes": 1024}
+    for n in sizes:
+        for kind in ("ike", "esp"):
+            r = engine_bytes_per_flow(n, kind)
+            out["engine"]["%s_%d" % (kind, n)] = r
+            log("  memory engine %-3s %6d flows: %5d bytes/flow" % (kind, r["flows"], r["bytes_per_flow"]))
+        r = kernel_bytes_per_element(n)
+        out["kernel"][str(n)] = r
+        log("  memory kernel map %6d elements: ~%d bytes/element %s" % (n, r["bytes_per_element"], r["samples"]))
+    return out

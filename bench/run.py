@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Benchmarks of passthrough in the namespace lab, one command (root):
+
+    .venv/bin/python bench/run.py --out bench/results [--quick] [--only dataplane,control,latency,memory]
+
+Writes OUT/results.json and OUT/bench.png. Two labs of our own (prefixes pt-bk- and pt-bp-;
+192.168.1.x LAN, 203.0.113.x WAN, all in network namespaces made here): one with only the lab's
+masquerade (kernel-only), one running the daemon. Every generator runs for a fixed window and
+is ended by PID; both labs are removed at the end. See bench/README.md for what each part
+measures and the latest numbers.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench import lablib as B  # noqa: E402
+from passthrough.lab.harness import LabRun  # noqa: E402
+
+HERE = os.path.join(ROOT, "bench")
+
+
+def log(msg):
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+def meta():
+    def sh(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return None
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": platform.release(), "cpu": cpu,
+            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "git": sh("git", "rev-parse", "--short", "HEAD"),
+            "trafgen": sh("trafgen", "--version").splitlines()[0] if shutil.which("trafgen") else None}
+
+
+def latency(kernel_run, pt_run, workdir, count):
+    out = {}
+
+    def e2e(run):
+        p = subprocess.run(["ip", "netns", "exec", run.lab.lan_hosts[1], sys.executable,
+                            os.path.join(HERE, "latency_probe.py"), "e2e", "--server", run.lab.server_ip(0),
+                            "--count", str(count)], capture_output=True, text=True, timeout=120)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    out["e2e_kernel"] = e2e(kernel_run)
+    log("  latency e2e kernel-only  : %s" % out["e2e_kernel"])
+    fresh_daemon(pt_run)
+    out["e2e_passthrough"] = e2e(pt_run)
+    log("  latency e2e passthrough  : %s" % out["e2e_passthrough"])
+    pt_run.kill_daemon()  # its table stays: the in-process probe programs the real maps
+    p = subprocess.run(["ip", "netns", "exec", pt_run.lab.router, sys.executable, os.path.join(HERE, "latency_probe.py"),
+                        "inproc", "--config", pt_run.config_path, "--lan", pt_run.lab.lan_ip(0),
+                        "--server", pt_run.lab.server_ip(1), "--count", str(count * 2)],
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode:
+        raise RuntimeError("inproc latency probe: %s" % p.stderr[-2000:])
+    out["inproc"] = json.loads(p.stdout.strip().splitlines()[-1])
+    log("  latency in daemon (decode+engine+nft): %s" % out["inproc"])
+    fresh_daemon(pt_run)
+    p50 = [out["inproc"][k]["p99_ms"] for k in ("ike_new", "esp_out", "esp_pair")]
+    out["added_e2e_p50_ms"] = round(out["e2e_passthrough"]["p50_ms"] - out["e2e_kernel"]["p50_ms"], 3)
+    out["added_e2e_p99_ms"] = round(out["e2e_passthrough"]["p99_ms"] - out["e2e_kernel"]["p99_ms"], 3)
+    out["worst_inproc_p99_ms"] = max(p50)
+    out["target_p99_ms"] = 2.0
+    return out
+
+
+def fresh_daemon(run):
+    """Daemon without learned state: table removed, conntrack flushed, then started."""
+    run.stop_daemon()
+    run.nft("delete", "table", "ip", "passthrough", check=False)
+    B.nsexec(run.lab.router, "conntrack", "-F", check=False)
+    run.start_daemon()
+
+
+def plot(res, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    ax = axes[0][0]
+    dp = res.get("dataplane")
+    if dp:
+        rows = dp["rows"]
+        labels = ["%s %s\n%dB" % (r["flow"], r["direction"], r["size"]) for r in rows]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [r["kernel_pps"] / 1000.0 for r in rows], 0.4, label="kernel NAT only")
+        ax.bar([i + 0.2 for i in x], [r["passthrough_pps"] / 1000.0 for r in rows], 0.4, label="passthrough")
+        for i, r in zip(x, rows):
+            ax.text(i, r["passthrough_pps"] / 1000.0, "%.2f" % r["ratio"], ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylabel("kpkt/s (one sender CPU)")
+        ax.set_title("Data plane forwarding (ratio above bars; target 0.95)")
+        ax.legend(fontsize=8)
+    ax = axes[0][1]
+    cp = res.get("control")
+    if cp:
+        names = [n for n in ("ike_known", "l2tp_ctl", "ike_new") if n in cp]
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], [cp[n]["bare_pps_per_cpu"] / 1000.0 for n in names], 0.4, label="bare accept loop")
+        ax.bar([i + 0.2 for i in x], [cp[n]["daemon_pps_per_cpu"] / 1000.0 for n in names], 0.4, label="daemon")
+        for i, n in zip(x, names):
+            ax.text(i + 0.2, cp[n]["daemon_pps_per_cpu"] / 1000.0, "%.2f" % cp[n]["ratio"], ha="center", va="bottom")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names)
+        ax.set_ylabel("kpkt per CPU-second")
+        ax.set_title("Control path through NFQUEUE (ratio; target 0.5)")
+        ax.legend(fontsize=8)
+    ax = axes[1][0]
+    lat = res.get("latency")
+    if lat:
+        cases = [("in daemon\nike_new", lat["inproc"]["ike_new"]), ("in daemon\nesp_out", lat["inproc"]["esp_out"]),
+                 ("in daemon\nesp_pair", lat["inproc"]["esp_pair"]), ("e2e RTT\nkernel only", lat["e2e_kernel"]),
+                 ("e2e RTT\npassthrough", lat["e2e_passthrough"])]
+        x = range(len(cases))
+        ax.bar([i - 0.2 for i in x], [c[1]["p50_ms"] for c in cases], 0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], [c[1]["p99_ms"] for c in cases], 0.4, label="p99")
+        ax.axhline(2.0, color="red", linestyle="--", linewidth=1, label="target p99 2 ms")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([c[0] for c in cases], fontsize=8)
+        ax.set_ylabel("ms")
+        ax.set_title("New-flow setup latency")
+        ax.legend(fontsize=8)
+    ax = axes[1][1]
+    mem = res.get("memory")
+    if mem:
+        names = sorted(mem["engine"], key=lambda k: (k.split("_")[0], int(k.split("_")[1])))
+        vals = [mem["engine"][n]["bytes_per_flow"] for n in names]
+        knames = ["kernel map\n%s" % n for n in sorted(mem["kernel"], key=int)]
+        kvals = [mem["kernel"][n]["bytes_per_element"] for n in sorted(mem["kernel"], key=int)]
+        labels = ["engine\n" + n.replace("_", " ") for n in names] + knames
+        ax.bar(range(len(labels)), vals + kvals, color=["C0"] * len(vals) + ["C2"] * len(kvals))
+        ax.axhline(1024, color="red", linestyle="--", linewidth=1, label="target 1 KiB/flow")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel("bytes per flow")
+        ax.set_title("Memory per tracked flow")
+        ax.legend(fontsize=8)
+    fig.suptitle("passthrough benchmarks (%s, kernel %s, %s CPUs)" % (res["meta"]["date"], res["meta"]["kernel"],
+                                                                    res["meta"]["cpus"]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--quick", action="store_true", help="shorter windows, one repetition")
+    ap.add_argument("--only", default="dataplane,latency,control,memory")
+    ap.add_argument("--seconds", type=float)
+    ap.add_argument("--reps", type=int)
+    a = ap.parse_args(argv)
+    parts = [p.strip() for p in a.only.split(",") if p.strip()]
+    if os.geteuid() != 0:
+        log("bench/run.py needs root (network namespaces)")
+        return 2
+    if ("dataplane" in parts or "control" in parts) and not shutil.which("trafgen"):
+        log("trafgen (Debian package netsniff-ng) is missing: apt-get install netsniff-ng")
+        return 2
+    seconds = a.seconds or (1.0 if a.quick else 2.0)
+    reps = a.reps or (1 if a.quick else 3)
+    os.makedirs(a.out, exist_ok=True)
+    res = {"meta": meta()}
+    res["meta"].update(seconds=seconds, reps=reps)
+    work = "/tmp/passthrough-bench"
+    os.makedirs(work, exist_ok=True)
+    kernel_run = pt_run = None
+    try:
+        if any(p in parts for p in ("dataplane", "latency", "control")):
+            kernel_run = LabRun(prefix="pt-bk-", workdir=os.path.join(work, "kernel")).up(start_daemon=False)
+            pt_run = LabRun(prefix="pt-bp-", workdir=os.path.join(work, "pt")).up()
+        if "dataplane" in parts:
+            from bench import dataplane
+            log("data plane (trafgen, %.1f s windows, %d reps)" % (seconds, reps))
+            res["dataplane"], raw = dataplane.measure(kernel_run, pt_run, work, seconds=seconds, reps=reps, log=log)
+        if "latency" in parts:
+            log("new-flow latency")
+            res["latency"] = latency(kernel_run, pt_run, work, 100 if a.quick else 200)
+        if "control" in parts:
+            from bench import control
+            log("control path (NFQUEUE flood)")
+            res["control"] = control.measure(pt_run, work, seconds=max(2.0, seconds), reps=max(1, min(reps, 2)), log=log)
+    finally:
+        for r in (pt_run, kernel_run):
+            if r is not None:
+                r.down()
+    if "memory" in parts:
+        from bench import memory
+        log("memory per flow")
+        res["memory"] = memory.measure(log=log)
+    res["meta"]["loadavg_end"] = os.getloadavg()
+    res["targets"] = targets(res)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1, sort_keys=True)
+    try:
+        plot(res, os.path.join(a.out, "bench.png"))
+    except ImportError:
+        log("matplotlib missing (pip install matplotlib): no plot")
+    log(json.dumps(res["targets"], indent=1, sort_keys=True))
+    log("wrote %s" % os.path.join(a.out, "results.json"))
+    return 0
+
+
+def targets(res):
+    t = {}
+    if "dataplane" in res:
+        t["dataplane_ratio_min"] = res["dataplane"]["min_ratio"]
+        t["dataplane_ratio_median"] = res["dataplane"]["median_ratio"]
+        t["dataplane_met"] = res["dataplane"]["min_ratio"] >= 0.95
+    if "control" in res:
+        t["control_ratio_min"] = res["control"]["min_ratio"]
+        t["control_met"] = res["control"]["min_ratio"] >= 0.5
+    if "latency" in res:
+        t["latency_inproc_p99_ms"] = res["latency"]["worst_inproc_p99_ms"]
+        t["latency_added_e2e_p99_ms"] = res["latency"]["added_e2e_p99_ms"]
+        t["latency_met"] = res["latency"]["worst_inproc_p99_ms"] <= 2.0
+    if "memory" in res:
+        worst = max([v["bytes_per_flow"] for v in res["memory"]["engine"].values()])
+        kern = max([v["bytes_per_element"] for v in res["memory"]["kernel"].values()])
+        t["memory_engine_bytes_per_flow_max"] = worst
+        t["memory_kernel_bytes_per_element_max"] = kern
+        t["memory_met"] = worst <= 1024
+    return t
+
+
+if __name__ == "__main__":
+    sys.exit(main())
