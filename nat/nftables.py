@@ -35,6 +35,15 @@ KEY_TYPES = {
 KEYSET = {LAN_ZONE: LAN_ZONE + "_k", IKE_ZONE: IKE_ZONE + "_k", ESP_ZONE: ESP_ZONE + "_k", L2TP_ZONE: L2TP_ZONE + "_k"}
 COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE, LAN_ZONE)
 
+# Queue protection for WAN packets with unknown keys (measured, tests/lab/test_floods.py: a burst
+# of 20000 random-key packets overflowed the 4096-packet queue and legit outbound IKE messages,
+# queued behind it, were lost). Beyond these rates WAN packets skip the queue instead (accepted,
+# steered by whatever the kernel knows: fail-open), per source address and in total, so a flood
+# from the WAN can never fill the queue that LAN hosts' control packets need.
+FLOOD_SET = "flood_src"
+FLOOD_PER_SOURCE = "100/second burst 200 packets"
+FLOOD_TOTAL = "1000/second burst 2000 packets"
+
 # Per family: forwarded traffic dropped when its passthrough toggle is off.
 POLICY_DROPS = {
     "l2tp": ["udp dport 1701", "udp sport 1701", "meta l4proto 115"],  # L2TPv2/v3 over UDP, L2TPv3 over IP
@@ -78,6 +87,7 @@ def render_fastpath(cfg, backend):
         extra = " counter;" if name in COUNTED else ""
         out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
     out.append("\tset %s { typeof ip saddr . @th,0,32; }" % ESP_OUT)
+    out.append("\tset %s { typeof ip saddr; size 65535; flags dynamic,timeout; timeout 60s; }" % FLOOD_SET)
     for name in sorted(KEYSET):
         out.append("\tset %s { %s; }" % (KEYSET[name], KEY_TYPES[name].split(" : ")[0]))
     # Kernel-learned fallback (remote, ports) -> zone of the host that last sent there: the
@@ -118,6 +128,7 @@ def render_fastpath(cfg, backend):
     out.append("\t}")
 
     ci = []
+    qi = "goto queue_in"  # through the flood limits to the queue
     # Data of known flows first (zoned here, out of the chain); then what must be learned.
     if ipsec:
         ci.append("udp dport 4500 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
@@ -125,16 +136,21 @@ def render_fastpath(cfg, backend):
     if l2tp:
         ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ct zone set ip saddr . @th,80,16 map @%s accept" % L2TP_ZONE)
     if ipsec:
-        ci.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (KEYSET[IKE_ZONE], q))
-        ci.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_ZONE], q))
-        ci.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_ZONE], q))
-        ci.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (KEYSET[IKE_ZONE], q))
+        ci.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
+        ci.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
+        ci.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
+        ci.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
     if l2tp:
-        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (KEYSET[L2TP_ZONE], q))
-        ci.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)
-        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (KEYSET[L2TP_ZONE], q))
+        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
+        ci.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % qi)
+        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
     out.append("\tchain classify_in {")
     out.extend("\t\t" + r for r in ci)
+    out.append("\t}")
+    out.append("\tchain queue_in {")
+    out.append("\t\tupdate @%s { ip saddr limit rate over %s } accept" % (FLOOD_SET, FLOOD_PER_SOURCE))
+    out.append("\t\tlimit rate over %s accept" % FLOOD_TOTAL)
+    out.append("\t\t%s" % q)
     out.append("\t}")
 
     out.append("\tchain steer {")
@@ -200,7 +216,8 @@ def render_fastpath(cfg, backend):
 
 
 # Chains of older layouts: reload_chains deletes them when a kept table still has them.
-FASTPATH_CHAINS = ("classify", "classify_out", "classify_in", "steer", "steer_out", "steer_in", "nat_prerouting")
+FASTPATH_CHAINS = ("classify", "classify_out", "classify_in", "queue_in", "steer", "steer_out", "steer_in",
+                   "nat_prerouting")
 
 
 def render_policy(cfg):
