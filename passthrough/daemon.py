@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -27,6 +28,48 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, 
 EXPIRE_EVERY = 1.0
 COUNTERS_EVERY = 10.0
 QUEUE_BURST = 256  # queued packets handled per turn before the control socket and timers get one
+
+
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_CONFIG = 2
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 1
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
+NLMSG_ERROR = 2
+
+
+def set_fail_open(q, queue_num, seq=0x7074):
+    """Ask the kernel to accept, not drop, packets that find this queue full (the
+    NFQA_CFG_F_FAIL_OPEN flag, Linux >= 3.6). netfilterqueue 1.1 has no call for it and does not
+    expose libnetfilter_queue's handle, so the config message is sent on the queue's own netlink
+    socket (the kernel accepts queue config only from the socket bound to the queue).
+    Returns True (acknowledged), False (refused) or None (no answer seen: packets were first)."""
+    attrs = struct.pack("=HH", 8, NFQA_CFG_MASK) + struct.pack("!I", NFQA_CFG_F_FAIL_OPEN) + \
+        struct.pack("=HH", 8, NFQA_CFG_FLAGS) + struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue_num) + attrs
+    msg = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG,
+                      NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    sock = socket.socket(fileno=os.dup(q.get_fd()))
+    try:
+        sock.send(msg)
+        # The answer shares the socket with queued packets: only take it if it comes first.
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([sock], [], [], 0.02)
+            if not r:
+                continue
+            head = sock.recv(65536, socket.MSG_PEEK)
+            if len(head) < 20:
+                return None
+            mlen, mtype, _, mseq, _ = struct.unpack_from("=IHHII", head, 0)
+            if mtype != NLMSG_ERROR or mseq != seq:
+                return None
+            sock.recv(65536)  # consume the ack
+            return struct.unpack_from("=i", head, 16)[0] == 0
+        return None
+    finally:
+        sock.close()
 
 
 class QueueReader:
@@ -119,10 +162,12 @@ class Daemon:
         self.reload_requested = False
         self.lan_ifindex = None
         self.wan_ifindex = None
+        self._resolved_at = -1e9
         self.started = time.time()
         self.op_failures = 0
         self.errors = 0
         self.readers = []
+        self.fail_open = None
 
     # --- setup / teardown -----------------------------------------------------------------------
     def start(self):
@@ -141,13 +186,27 @@ class Daemon:
         self._bind_queues()
         self._open_control()
 
-    def _resolve_devices(self):
+    def _resolve_devices(self, quiet=False):
         for attr, name in (("lan_ifindex", self.cfg.lan_device), ("wan_ifindex", self.cfg.wan_device)):
+            old = getattr(self, attr)
             try:
                 setattr(self, attr, socket.if_nametoindex(name))
             except OSError:
                 setattr(self, attr, None)
-                log.warning("device %s does not exist (yet); its packets are classified by the kernel rules only", name)
+                if not quiet or old is not None:
+                    log.warning("device %s does not exist (yet); its packets are classified by the kernel rules only", name)
+            else:
+                if quiet and old != getattr(self, attr):
+                    log.info("device %s is now ifindex %d (was %s)", name, getattr(self, attr), old)
+        self._resolved_at = self._now()
+
+    def _indev_unknown(self):
+        """A queued packet came in on an ifindex that is neither LAN nor WAN: the classify rules
+        match devices by name, so the device was created or re-created since we resolved it
+        (PPPoE reconnect, bridge rebuilt). Resolve again, at most once a second; otherwise
+        inbound packets on a new WAN ifindex would be taken for outbound ones."""
+        if self._now() - self._resolved_at >= 1.0:
+            self._resolve_devices(quiet=True)
 
     def _adopt(self):
         now = time.time()
@@ -171,6 +230,15 @@ class Daemon:
             except OSError as e:
                 raise KernelError("cannot bind NFQUEUE %d: %s (another consumer running?)" % (self.cfg.queue_num + i, e))
             self.queues.append(q)
+            try:
+                ok = set_fail_open(q, self.cfg.queue_num + i)
+            except OSError as e:
+                ok = False
+                log.debug("fail-open flag: %s", e)
+            if ok is False:
+                log.warning("NFQUEUE %d: kernel refused the fail-open flag; a full queue drops packets",
+                            self.cfg.queue_num + i)
+            self.fail_open = ok
 
     def _open_control(self):
         path = self.control_path
@@ -188,7 +256,9 @@ class Daemon:
         s.setblocking(False)
         self.ctl = s
 
-    def stop(self):
+    def stop(self, keep_kernel=False):
+        """keep_kernel: a start that failed leaves the kernel as it found it (a table kept from
+        a crashed run carries established VPNs; another running daemon owns its rules)."""
         for r in self.readers:
             r.close()
         self.readers = []
@@ -200,7 +270,8 @@ class Daemon:
         self.queues = []
         # Fast path goes (nothing left to learn it), policy stays: a stopped daemon must not
         # turn a switched-off family back on (fail-closed). `passthrough flush` removes it.
-        self.kernel.remove(keep_policy=True)
+        if not keep_kernel:
+            self.kernel.remove(keep_policy=True)
         if self.ctl is not None:
             self.ctl.close()
             try:
@@ -217,6 +288,8 @@ class Daemon:
         try:
             d = decode_ip(pkt.get_payload())
             indev = pkt.indev
+            if indev and indev != self.lan_ifindex and indev != self.wan_ifindex:
+                self._indev_unknown()
             if indev and self.wan_ifindex is not None:
                 inbound = indev == self.wan_ifindex
             else:
@@ -277,7 +350,7 @@ class Daemon:
             "pptp_passthrough": self.cfg.kind_enabled("pptp"), "flows": len(self.engine.flows),
             "pending": len(self.engine.pending), "hosts": self.engine.zone_hosts(), "stats": self.engine.stats,
             "errors": self.errors, "op_failures": self.op_failures,
-            "queue_overruns": sum(r.enobufs for r in self.readers), "uptime": round(time.time() - self.started, 1),
+            "queue_overruns": sum(r.enobufs for r in self.readers), "queue_fail_open": self.fail_open, "uptime": round(time.time() - self.started, 1),
             "config": self.config_path,
         }
 
@@ -412,7 +485,7 @@ def main(args):
         d.start()
     except KernelError as e:
         log.error("%s", e)
-        d.stop()
+        d.stop(keep_kernel=True)
         return 3
     try:
         d.run()
