@@ -35,6 +35,12 @@ class Engine:
         self.pending = {}       # (kind, lan_ip, remote_ip, out_spi) -> Flow awaiting its inbound SPI
         self.host_seen = {}     # lan_ip -> last activity (zone lifetime)
         self._full_logged = {}  # lan_ip -> next time a "quota full" warning may be logged
+        # Indexes over self.flows, so per-packet lookups do not scan the whole table (a scan per
+        # queued packet made 100k flows quadratic, and a WAN flood of unknown IKE SPIs cost
+        # O(flows) each): (kind, lan_ip, remote_ip) -> {flow key: Flow}; remote_ip -> same for IKE.
+        self._by_pair = {}
+        self._ike_by_remote = {}
+        self._esp_out_refs = {}  # (lan_ip, outbound SPI) -> SAs (pending or paired) using it
         self.stats = {"queued": 0, "outbound": 0, "inbound": 0, "malformed": 0, "unmatched": 0,
                       "paired": 0, "table_full": 0, "ambiguous": 0}
 
@@ -68,13 +74,95 @@ class Engine:
             self.log("warning", "host %s has %d flows (flows_per_host): new flows not tracked" % (lan, ft.flows_per_host))
         return True
 
+    # --- flow indexes ---------------------------------------------------------------------------
+    def _index(self, f):
+        fk = (f.kind, f.remote_ip, f.key)
+        pair = (f.kind, f.lan_ip, f.remote_ip)
+        d = self._by_pair.get(pair)
+        if d is None:
+            d = self._by_pair[pair] = {}
+        d[fk] = f
+        if f.kind == "ike":
+            d = self._ike_by_remote.get(f.remote_ip)
+            if d is None:
+                d = self._ike_by_remote[f.remote_ip] = {}
+            d[fk] = f
+
+    def _unindex(self, f):
+        fk = (f.kind, f.remote_ip, f.key)
+        for idx, ik in ((self._by_pair, (f.kind, f.lan_ip, f.remote_ip)), (self._ike_by_remote, f.remote_ip)):
+            d = idx.get(ik)
+            if d is not None and d.get(fk) is f:
+                del d[fk]
+                if not d:
+                    del idx[ik]
+
+    def _live(self, idx, ik):
+        """The indexed flows still in the table (stale entries are dropped on the way)."""
+        d = idx.get(ik)
+        if not d:
+            return []
+        table = self.flows.flows
+        out = []
+        for fk in list(d):
+            f = d[fk]
+            if table.get(fk) is f:
+                out.append(f)
+            else:
+                del d[fk]
+        if not d:
+            del idx[ik]
+        return out
+
+    def _find(self, kind, lan, remote):
+        return self._live(self._by_pair, (kind, lan, remote))
+
+    def _ike_to(self, remote):
+        return self._live(self._ike_by_remote, remote)
+
+    def _dead_ops(self, dead, ops):
+        for f in dead:
+            self._unindex(f)
+            op = key_op(f, add=False)
+            if op:
+                ops.append(op)
+            self._esp_out_del(f, ops)
+
+    # The kernel's esp_out set is keyed (LAN host, outbound SPI), without the server: two SAs of
+    # one host with the same outbound SPI towards two servers share the element, so it is
+    # deleted only with the last of them (else that SA's every packet would be queued).
+    def _esp_out_add(self, f, ops):
+        op = esp_out_op(f)
+        if op:
+            k = (f.lan_ip, f.key_out)
+            n = self._esp_out_refs.get(k, 0)
+            self._esp_out_refs[k] = n + 1
+            if n == 0:
+                ops.append(op)
+
+    def _esp_out_del(self, f, ops):
+        op = esp_out_op(f, add=False)
+        if op:
+            k = (f.lan_ip, f.key_out)
+            n = self._esp_out_refs.get(k, 0) - 1
+            if n > 0:
+                self._esp_out_refs[k] = n
+            else:
+                self._esp_out_refs.pop(k, None)
+                ops.append(op)
+
     def _add_flow(self, flow, now, ops):
+        if len(self.flows) >= self.flows.max_flows:
+            # Make room here rather than inside FlowTable.add, which would forget the expired
+            # flows without their kernel elements being deleted.
+            self._dead_ops(self.flows.expire(now), ops)
         try:
             self.flows.add(flow, now)
         except TableFull as e:
             self.stats["table_full"] += 1
             self.log("warning", "not tracking %s %s: %s" % (flow.kind, flow.key_text(), e))
             return None
+        self._index(flow)
         op = key_op(flow)
         if op:
             ops.append(op)
@@ -93,12 +181,7 @@ class Engine:
 
     def _drop_flow(self, flow, ops):
         if self.flows.remove(flow):
-            op = key_op(flow, add=False)
-            if op:
-                ops.append(op)
-            op = esp_out_op(flow, add=False)
-            if op:
-                ops.append(op)
+            self._dead_ops([flow], ops)
 
     # --- the entry point ---------------------------------------------------------------------
     def handle(self, d, inbound, now):
@@ -169,7 +252,7 @@ class Engine:
     def _esp_out(self, d, lan, remote, zone, now, ops):
         spi = _int16(d["esp_spi"])
         kind = "natt" if d.get("esp_udp") else "esp"
-        for f in self.flows.find(kind, lan, remote):
+        for f in self._find(kind, lan, remote):
             if f.key_out == spi:
                 f.touch(now)
                 return  # kernel already knows it; raced with the set update
@@ -191,7 +274,7 @@ class Engine:
             f.lan_port, f.wan_port, f.remote_port = d["sport"], d["sport"], d["dport"]
         f.touch(now)
         self.pending[pk] = f
-        ops.append(esp_out_op(f))
+        self._esp_out_add(f, ops)
         self.log("info", "%s SA out %08x %s -> %s (zone %d) waiting for inbound SPI" % (kind.upper(), spi, lan, remote, zone))
 
     def _l2tp_out(self, d, lan, remote, zone, now, ops):
@@ -214,7 +297,7 @@ class Engine:
         else:
             # Later messages carry the peer's tunnel id in the header: find our tunnel by it.
             peer_tid = d.get("l2tp_tunnel")
-            for cand in self.flows.find("l2tp", lan, remote):
+            for cand in self._find("l2tp", lan, remote):
                 if cand.key_out == peer_tid:
                     f = cand
                     break
@@ -252,7 +335,7 @@ class Engine:
             return
         # A new IKE SA started by the server (rekey/reauth as initiator): only unambiguous when
         # exactly one LAN host talks IKE with this server.
-        hosts = set(x.lan_ip for x in self.flows.find("ike", remote_ip=remote))
+        hosts = set(x.lan_ip for x in self._ike_to(remote))
         if len(hosts) != 1:
             self.stats["unmatched" if not hosts else "ambiguous"] += 1
             self.log("info", "inbound IKE SPI %016x from %s matches %s" % (
@@ -264,7 +347,7 @@ class Engine:
             return
         # Spoofed floods from the server's address must not fill the host's flow quota: keep at
         # most PEER_GUESSES of these guesses per host and server, replacing the oldest.
-        guesses = [x for x in self.flows.find("ike", lan, remote) if x.state == "peer-initiated"]
+        guesses = [x for x in self._find("ike", lan, remote) if x.state == "peer-initiated"]
         if len(guesses) >= PEER_GUESSES:
             guesses.sort(key=lambda x: x.last_seen)
             self._drop_flow(guesses[0], ops)
@@ -299,7 +382,7 @@ class Engine:
         best.key = spi
         best.state = "up"
         if self._add_flow(best, now, ops) is None:
-            ops.append(esp_out_op(best, add=False))
+            self._esp_out_del(best, ops)
             return
         best.touch(now)
         self.stats["paired"] += 1
@@ -334,18 +417,14 @@ class Engine:
             p = self.pending[pk]
             if now - p.last_seen > self.cfg.pair_window:
                 del self.pending[pk]
-                ops.append(esp_out_op(p, add=False))
+                self._esp_out_del(p, ops)
 
     def expire(self, now):
         """Time out idle flows, stale pending SAs and hosts with nothing left; return ops."""
         ops = []
-        for f in self.flows.expire(now):
-            op = key_op(f, add=False)
-            if op:
-                ops.append(op)
-            op = esp_out_op(f, add=False)
-            if op:
-                ops.append(op)
+        dead = self.flows.expire(now)
+        self._dead_ops(dead, ops)
+        for f in dead:
             self.log("info", "%s %s of %s expired" % (f.kind, f.key_text(), f.lan_ip))
         self._expire_pending(now, ops)
         busy = set(self.flows.hosts())
@@ -368,7 +447,7 @@ class Engine:
                 self._drop_flow(f, ops)
         if family == "ipsec":
             for pk in list(self.pending):
-                ops.append(esp_out_op(self.pending.pop(pk), add=False))
+                self._esp_out_del(self.pending.pop(pk), ops)
         return ops
 
     def set_config(self, cfg):
@@ -414,9 +493,11 @@ class Engine:
             except TableFull:
                 ops.append(("del", name, (remote, key)))
                 continue
+            self._index(f)
             adopted += 1
             if f.kind in ("esp", "natt") and f.key_out is not None:
                 known_out.add((lan, f.key_out))
+                self._esp_out_refs[(lan, f.key_out)] = self._esp_out_refs.get((lan, f.key_out), 0) + 1
         for lan, spi in esp_out:
             if (lan, spi) not in known_out:
                 ops.append(("del", ESP_OUT, (lan, spi)))

@@ -150,6 +150,10 @@ def _ip4(proto, payload, src=b"\xc0\xa8\x01\x0a", dst=b"\xcb\x00\x71\x02"):
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0, src, dst) + payload
 
 
+def socket_aton(text):
+    return bytes(int(x) for x in text.split("."))
+
+
 def _udp(sport, dport, payload):
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
@@ -466,6 +470,59 @@ if pytest is not None:
         caps = file_corpus((".pcap", ".pcapng"))
         rng = random.Random(seed)
         check_pcap(mutate(rng, caps[i % len(caps)], 1 << 16))
+
+    def _esp(src, dst, spi):
+        return _ip4(50, struct.pack("!II", spi, 1) + b"\0" * 16, socket_aton(src), socket_aton(dst))
+
+    def _ike_pkt(src, dst, spi, sport=500):
+        return _ip4(17, _udp(sport, 500 if sport != 500 or src.startswith("192.") else 500,
+                             struct.pack("!QQBBBBII", spi, 0, 0, 0x20, 34, 8, 0, 28)), socket_aton(src), socket_aton(dst))
+
+    @settings(max_examples=int(os.environ.get("PT_FUZZ_ENGINE_EXAMPLES", "300")), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2), st.integers(0, 1), st.integers(1, 6),
+                              st.integers(0, 40)), min_size=1, max_size=60))
+    def test_engine_kernel_maps_mirror_the_flow_table(steps):
+        """Whatever the packet sequence (small tables, so they fill and expire), the element ops
+        the engine emits leave the kernel maps holding exactly the keys of the flows it tracks
+        (no element left behind by an expiry or a full table), and its indexes agree with it."""
+        from nat.mapping import KEY_MAP, ESP_OUT
+        e = Engine(configmod.Config({"max_flows": "16", "flows_per_host": "6", "flow_timeout": "30",
+                                     "pair_window": "5"}))
+        kernel = {}
+        now = 100.0
+        lans, srvs = ["192.168.1.10", "192.168.1.11", "192.168.1.12"], ["203.0.113.2", "203.0.113.3"]
+
+        def apply(ops):
+            for op in ops:
+                els = kernel.setdefault(op[1], set())
+                (els.add if op[0] == "add" else els.discard)(op[2])
+
+        for action, h, sv, key, dt in steps:
+            now += dt
+            lan, srv = lans[h], srvs[sv]
+            if action == 0:
+                apply(e.handle(decode_ip(_ike_pkt(lan, srv, 0x100 + key)), False, now))
+            elif action == 1:
+                apply(e.handle(decode_ip(_esp(lan, srv, 0x1000 + key * 16 + h)), False, now))
+            elif action == 2:
+                apply(e.handle(decode_ip(_esp(srv, "203.0.113.1", 0x9000 + key)), True, now))
+            elif action == 3:
+                apply(e.handle(decode_ip(_ike_pkt(srv, "203.0.113.1", 0x100 + key)), True, now))
+            elif action == 4:
+                apply(e.expire(now))
+            else:
+                apply(e.handle(decode_ip(_esp(lan, srv, 0x2000 + key)), False, now))
+        for name in set(KEY_MAP.values()):
+            want = set((f.remote_ip, f.key) for f in e.flows.flows.values() if KEY_MAP[f.kind] == name)
+            assert kernel.get(name, set()) == want, name
+        want_out = set((f.lan_ip, f.key_out) for f in list(e.flows.flows.values()) + list(e.pending.values())
+                       if f.kind in ("esp", "natt") and f.key_out is not None)
+        assert kernel.get(ESP_OUT, set()) == want_out
+        for f in e.flows.flows.values():
+            assert f in e._find(f.kind, f.lan_ip, f.remote_ip)
+            if f.kind == "ike":
+                assert f in e._ike_to(f.remote_ip)
 
     def test_long_mode_smoke():
         """The long fuzzer itself works (a few thousand cases over every target)."""
