@@ -238,6 +238,10 @@ class Kernel:
         return parse_elements(data)
 
     # --- conntrack ----------------------------------------------------------------------------------------
+    def flush_fallback(self):
+        self.nft.run("flush map ip %s %s\nflush map ip %s %s\n" % (
+            nftx.TABLE, nftx.FALLBACK_UDP, nftx.TABLE, nftx.FALLBACK_ESP))
+
     def flush_conntrack(self, family, zones):
         """Delete conntrack entries of a family in zone 0 and in our zones (conntrack -D only
         deletes in the zone it is given). Returns the number deleted."""

