@@ -209,7 +209,6 @@ class Daemon:
             self._resolve_devices(quiet=True)
 
     def _adopt(self):
-        now = time.time()
         lan_zone = [(k[0], v) for k, v, _, _ in self.kernel.map_elements(mapping.LAN_ZONE)]
         keyed = []
         for name in (mapping.IKE_ZONE, mapping.ESP_ZONE, mapping.L2TP_ZONE):

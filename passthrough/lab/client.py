@@ -7,14 +7,12 @@ Each reply prints {"t": ..., "event": "reply", "seq": N, "from": "ip:port"}; the
 """
 import argparse
 import json
-import os
 import select
 import socket
 import struct
 import sys
 import time
 
-from scapy.layers.inet import UDP  # noqa: F401  (loads scapy's layer registry)
 from scapy.layers.ipsec import ESP
 from scapy.layers.isakmp import ISAKMP
 from scapy.layers.l2tp import L2TP

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from passthrough.cli import ask
 from passthrough.lab.peers import wait_for
@@ -173,6 +172,7 @@ def _end(proc, sig=signal.SIGTERM, timeout=5.0):
         return
     try:
         os.killpg(proc.pid, sig) if _own_group(proc) else proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)  # a stopped process (fault tests) must see the signal
     except OSError:
         pass
     try:

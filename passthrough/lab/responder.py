@@ -10,7 +10,6 @@ It answers what the LAN-side test clients send, so the router in between sees re
 Real peers (strongSwan, xl2tpd) are exercised separately; this one is small and fully predictable.
 """
 import argparse
-import json
 import os
 import select
 import socket
@@ -32,7 +31,7 @@ def ike_reply(msg):
     spi_r = msg[8:16]
     if spi_r == b"\0" * 8:
         spi_r = bytes((b ^ 0x5A) for b in spi_i)
-    next_payload, version, exch, flags = msg[16], msg[17], msg[18], msg[19]
+    version, exch, flags = msg[17], msg[18], msg[19]
     msgid = msg[20:24]
     if version >> 4 == 2:
         flags = (flags | 0x20) & ~0x08  # Response, not Initiator

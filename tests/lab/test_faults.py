@@ -11,8 +11,10 @@ import time
 import pytest
 
 from passthrough.cli import ask
-from passthrough.lab.harness import LabRun, wait_for
+from passthrough.lab.harness import wait_for
 from passthrough.lab.topology import ROUTER_WAN_IP, nsexec
+
+from labutil import running_lab, with_options  # noqa: E402
 
 pytestmark = pytest.mark.lab
 DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1",
@@ -21,30 +23,13 @@ DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_p
 
 @pytest.fixture(scope="module")
 def lab():
-    prefix = "pt-x%d-" % (os.getpid() % 100000)
-    run = LabRun(prefix=prefix, workdir="/tmp/passthrough-test-%s" % prefix.rstrip("-"))
-    try:
-        run.up()
+    with running_lab("x") as run:
         yield run
-    finally:
-        if run.daemon is not None:
-            try:
-                os.kill(run.daemon.pid, signal.SIGCONT)
-            except OSError:
-                pass
-        run.down()
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert prefix not in out, "lab namespaces left behind"
 
 
 @pytest.fixture
 def fresh(lab):
-    if lab.daemon is None:
-        lab.write_config(**DEFAULTS)
-        lab.start_daemon()
-    reply = lab.set_options(**DEFAULTS)
-    assert reply["ok"], reply
-    return lab
+    return with_options(lab, DEFAULTS)
 
 
 def queue_counters(lab, queue_num=7100):

@@ -101,8 +101,10 @@ if __name__ == "__main__":
 import pytest  # noqa: E402
 
 from passthrough.cli import ask  # noqa: E402
-from passthrough.lab.harness import LabRun  # noqa: E402
+
 from passthrough.lab.topology import nsexec  # noqa: E402
+
+from labutil import running_lab  # noqa: E402
 
 pytestmark = pytest.mark.lab
 RESULTS = "/tmp/passthrough-floods.json"
@@ -110,15 +112,8 @@ RESULTS = "/tmp/passthrough-floods.json"
 
 @pytest.fixture(scope="module")
 def lab():
-    prefix = "pt-f%d-" % (os.getpid() % 100000)
-    run = LabRun(prefix=prefix, workdir="/tmp/passthrough-test-%s" % prefix.rstrip("-"))
-    try:
-        run.up()
+    with running_lab("f") as run:
         yield run
-    finally:
-        run.down()
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert prefix not in out, "lab namespaces left behind"
 
 
 def queue_counters(lab, queue_num=7100):

@@ -4,13 +4,13 @@ One lab for the module; every test sets the config it needs and uses SPIs / tunn
 own, so tests do not depend on each other's leftovers.
 """
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
-from passthrough.lab.harness import LabRun, wait_for
+
+from labutil import running_lab, with_options  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -19,24 +19,13 @@ DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_p
 
 @pytest.fixture(scope="module")
 def lab():
-    prefix = "pt-t%d-" % (os.getpid() % 100000)
-    run = LabRun(prefix=prefix, workdir="/tmp/passthrough-test-%s" % prefix.rstrip("-"))
-    try:
-        run.up()
+    with running_lab("t") as run:
         yield run
-    finally:
-        run.down()
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert prefix not in out, "lab namespaces left behind"
 
 
 @pytest.fixture
 def fresh(lab):
-    if lab.daemon is None:
-        lab.start_daemon()
-    reply = lab.set_options(**DEFAULTS)
-    assert reply["ok"], reply
-    return lab
+    return with_options(lab, DEFAULTS)
 
 
 def esp_args(lab, spi, count=20):
