@@ -332,7 +332,36 @@ def parse_swanctl_pretty(text):
     return messages
 
 
-class Charon:
+class _Peer:
+    """What Charon and Xl2tpd share: a supervised process (`self._d`, a _Daemon) and its log."""
+
+    @property
+    def pid(self):
+        return self._d.pid
+
+    @property
+    def running(self):
+        return self._d.running
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log_text(self):
+        """The peer's log so far (charon: its file log; xl2tpd: its stderr/stdout with debug)."""
+        return self._d.log_text()
+
+    def wait_log(self, pattern, timeout=10.0, start=0):
+        """Wait until regex `pattern` appears in the log; return the match."""
+        return self._d.wait_log(pattern, timeout, start)
+
+    def log_has(self, pattern):
+        return self._d.log_has(pattern)
+
+
+class Charon(_Peer):
     """strongSwan charon (kernel-libipsec) in namespace `ns` with its own config/vici/log in workdir.
 
     c = Charon("pt-x-client", None, "client").start()
@@ -430,20 +459,6 @@ class Charon:
         if self._vici_dir:
             shutil.rmtree(self._vici_dir, ignore_errors=True)
 
-    @property
-    def pid(self):
-        return self._d.pid
-
-    @property
-    def running(self):
-        return self._d.running
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
     # -- swanctl
     def swanctl(self, *args, timeout=30, check=True):
         """Run `swanctl ARGS --uri unix://...` (from the host; the socket is a file). Returns stdout."""
@@ -538,18 +553,6 @@ class Charon:
             return wait_for(check, timeout, interval=0.05, what=what)
         except TimeoutError as e:
             raise PeerError("%s: %s\n--- log tail ---\n%s" % (self.name, e, self._d.log_tail()))
-
-    # -- logs
-    def log_text(self):
-        """charon's file log (levels ike 2, cfg/knl/net/enc 1)."""
-        return self._d.log_text()
-
-    def wait_log(self, pattern, timeout=10.0, start=0):
-        """Wait until regex `pattern` appears in the log; return the match."""
-        return self._d.wait_log(pattern, timeout, start)
-
-    def log_has(self, pattern):
-        return self._d.log_has(pattern)
 
     def wait_tunnel_route(self, dst, timeout=10.0, dev="ipsec0"):
         """Wait until `ip route get dst` in our namespace goes via the libipsec TUN device.
@@ -685,7 +688,7 @@ while True:
 """
 
 
-class Xl2tpd:
+class Xl2tpd(_Peer):
     """xl2tpd as LAC or LNS in namespace `ns`; config, secrets, pid, control pipe, log in workdir.
 
     LNS: Xl2tpd(ns, None, "lns", role="lns", listen_addr="203.0.113.2")
@@ -780,20 +783,6 @@ class Xl2tpd:
         """SIGTERM xl2tpd by pid (SIGKILL after timeout), kill leftover pppd children."""
         self._d.stop(timeout)
 
-    @property
-    def pid(self):
-        return self._d.pid
-
-    @property
-    def running(self):
-        return self._d.running
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
     def control(self, line):
         """Write one command to the control pipe (e.g. 'c pt' connect, 'd pt' disconnect)."""
         fd = os.open(self.control_path, os.O_WRONLY | os.O_NONBLOCK)
@@ -841,16 +830,6 @@ class Xl2tpd:
     def tunnel_ids(self):
         """All (local, remote) tunnel id pairs established so far, from the log."""
         return [(int(m.group(3)), int(m.group(4))) for m in re.finditer(L2TP_TUNNEL_RE, self.log_text())]
-
-    def log_text(self):
-        """xl2tpd's stderr/stdout (with debug tunnel/state/network/avp)."""
-        return self._d.log_text()
-
-    def wait_log(self, pattern, timeout=10.0, start=0):
-        return self._d.wait_log(pattern, timeout, start)
-
-    def log_has(self, pattern):
-        return self._d.log_has(pattern)
 
 
 def lns_port_rewrite(ns, listen_port, table="pt_peers_l2tp"):
