@@ -40,9 +40,8 @@ COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE, LAN_ZONE)
 # queued behind it, were lost). Beyond these rates WAN packets skip the queue instead (accepted,
 # steered by whatever the kernel knows: fail-open), per source address and in total, so a flood
 # from the WAN can never fill the queue that LAN hosts' control packets need.
+# Rates: options queue_limit_source / queue_limit_total (pkt/s), bursts of twice that.
 FLOOD_SET = "flood_src"
-FLOOD_PER_SOURCE = "100/second burst 200 packets"
-FLOOD_TOTAL = "1000/second burst 2000 packets"
 
 # Per family: forwarded traffic dropped when its passthrough toggle is off.
 POLICY_DROPS = {
@@ -148,8 +147,9 @@ def render_fastpath(cfg, backend):
     out.extend("\t\t" + r for r in ci)
     out.append("\t}")
     out.append("\tchain queue_in {")
-    out.append("\t\tupdate @%s { ip saddr limit rate over %s } accept" % (FLOOD_SET, FLOOD_PER_SOURCE))
-    out.append("\t\tlimit rate over %s accept" % FLOOD_TOTAL)
+    out.append("\t\tupdate @%s { ip saddr limit rate over %d/second burst %d packets } accept" % (
+        FLOOD_SET, cfg.queue_limit_source, 2 * cfg.queue_limit_source))
+    out.append("\t\tlimit rate over %d/second burst %d packets accept" % (cfg.queue_limit_total, 2 * cfg.queue_limit_total))
     out.append("\t\t%s" % q)
     out.append("\t}")
 

@@ -22,6 +22,8 @@ DEFAULTS = {
     "udp_timeout": 180,
     "flow_timeout": 600,
     "pair_window": 30,
+    "queue_limit_source": 100,
+    "queue_limit_total": 1000,
     "mark_bit": 0x10000000,
     "log_level": "info",
     "control_socket": "/var/run/passthrough.sock",
@@ -40,6 +42,8 @@ INT_OPTIONS = {
     "udp_timeout": (120, 86400),
     "flow_timeout": (30, 86400),
     "pair_window": (1, 3600),
+    "queue_limit_source": (1, 1000000),  # pkt/s one WAN source may send to the queue
+    "queue_limit_total": (1, 1000000),   # pkt/s all WAN sources together
     "mark_bit": (1, 0x80000000),
 }
 CHOICE_OPTIONS = {

@@ -30,6 +30,14 @@ def test_toggles_remove_classify_rules():
     assert "1701" not in classify_in and "@ike_zone" in classify_in
 
 
+def test_queue_limits_from_config():
+    r = N.render_fastpath(Config({"queue_limit_source": "50", "queue_limit_total": "400"}), "nft")
+    queue_in = r.split("chain queue_in {")[1].split("\n\t}")[0]
+    assert "limit rate over 50/second burst 100 packets" in queue_in
+    assert "limit rate over 400/second burst 800 packets accept" in queue_in
+    assert "limit rate over 100/second" in N.render_fastpath(Config({}), "nft")
+
+
 def test_udp_timeout_and_devices():
     r = N.render_fastpath(Config({"udp_timeout": "300", "lan_device": "lan0", "wan_device": "eth1"}), "nft")
     assert "unreplied : 300, replied : 300" in r
