@@ -205,11 +205,9 @@ def cap_ikev2_natt_forced(outdir):
         srv.wait_no_sas()
 
 
-def cap_ikev2_natt_keepalive(outdir):
-    """IKEv2, client behind NAPT (500->35500, 4500->34500 in its own namespace): IKE_SA_INIT
-    from :35500 to 500, IKE_AUTH from :34500 to 4500, 3 pings as ESP-in-UDP, NAT-T keepalives
-    (0xFF, keep_alive = 2s) from :34500, INFORMATIONAL DELETE."""
-    s, srv, cli = _ipsec("ikev2_natt_keepalive", outdir, 2, keep_alive=2, napt=True)
+def _natt_keepalive(name, outdir, version):
+    """Client behind NAPT: SA up, NAT detected, pings as ESP-in-UDP, a keepalive seen, DELETE."""
+    s, srv, cli = _ipsec(name, outdir, version, keep_alive=2, napt=True)
     with s:
         cli.initiate("net", "rw")
         cli.wait_child_up("net")
@@ -218,6 +216,13 @@ def cap_ikev2_natt_keepalive(outdir):
         wait_pcap(s.path, is_keepalive, 10, "NAT-T keepalive")
         cli.terminate(ike="rw")
         srv.wait_no_sas()
+
+
+def cap_ikev2_natt_keepalive(outdir):
+    """IKEv2, client behind NAPT (500->35500, 4500->34500 in its own namespace): IKE_SA_INIT
+    from :35500 to 500, IKE_AUTH from :34500 to 4500, 3 pings as ESP-in-UDP, NAT-T keepalives
+    (0xFF, keep_alive = 2s) from :34500, INFORMATIONAL DELETE."""
+    _natt_keepalive("ikev2_natt_keepalive", outdir, 2)
 
 
 def cap_ikev2_libipsec_default(outdir):
@@ -286,15 +291,7 @@ def cap_ikev1_main_quick(outdir):
 def cap_ikev1_natt_keepalive(outdir):
     """IKEv1 main + quick mode, client behind NAPT (500->35500, 4500->34500): 3 pings as
     ESP-in-UDP, NAT-T keepalives (keep_alive = 2s), DELETEs."""
-    s, srv, cli = _ipsec("ikev1_natt_keepalive", outdir, 1, keep_alive=2, napt=True)
-    with s:
-        cli.initiate("net", "rw")
-        cli.wait_child_up("net")
-        assert cli.nat_here(), "client did not detect its NAT"
-        _tunnel_traffic(cli)
-        wait_pcap(s.path, is_keepalive, 10, "NAT-T keepalive")
-        cli.terminate(ike="rw")
-        srv.wait_no_sas()
+    _natt_keepalive("ikev1_natt_keepalive", outdir, 1)
 
 
 def cap_ikev1_aggressive(outdir):
