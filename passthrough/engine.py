@@ -157,7 +157,7 @@ class Engine:
             # flows without their kernel elements being deleted.
             self._dead_ops(self.flows.expire(now), ops)
         try:
-            self.flows.add(flow, now)
+            self.flows.add(flow)
         except TableFull as e:
             self.stats["table_full"] += 1
             self.log("warning", "not tracking %s %s: %s" % (flow.kind, flow.key_text(), e))

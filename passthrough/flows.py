@@ -78,13 +78,13 @@ class FlowTable:
     def get(self, kind, remote_ip, key):
         return self.flows.get((kind, remote_ip, key))
 
-    def add(self, flow, now=None):
+    def add(self, flow):
+        """Track a flow. Expiry is the caller's (the engine must delete expired flows' kernel
+        elements too), so a full table refuses here rather than expiring behind its back."""
         k = (flow.kind, flow.remote_ip, flow.key)
         old = self.flows.get(k)
         if old is not None:
             self._forget(k, old)
-        if len(self.flows) >= self.max_flows and now is not None:
-            self.expire(now)
         if len(self.flows) >= self.max_flows:
             raise TableFull("flow table full (%d flows)" % self.max_flows)
         if self.per_host.get(flow.lan_ip, 0) >= self.flows_per_host:
@@ -118,20 +118,6 @@ class FlowTable:
         for f in dead:
             self.remove(f)
         return dead
-
-    def find(self, kind=None, lan_ip=None, remote_ip=None, state=None):
-        out = []
-        for f in self.flows.values():
-            if kind is not None and f.kind != kind:
-                continue
-            if lan_ip is not None and f.lan_ip != lan_ip:
-                continue
-            if remote_ip is not None and f.remote_ip != remote_ip:
-                continue
-            if state is not None and f.state != state:
-                continue
-            out.append(f)
-        return out
 
     def hosts(self):
         return list(self.per_host)

@@ -125,6 +125,15 @@ def test_bounded_under_lan_flood_and_malformed_input():
     assert e.stats["malformed"] == 1
 
 
+def test_full_table_expires_before_refusing_and_deletes_elements():
+    e = engine(max_flows="16", flow_timeout="30")
+    for i in range(16):
+        e.handle(ike(LAN1, SRV, 0x100 + i), False, 1.0)
+    ops = e.handle(ike(LAN1, SRV, 0x999), False, 40.0)  # all 16 idle past flow_timeout
+    assert len(e.flows) == 1 and e.flows.get("ike", SRV, 0x999) is not None
+    assert ("del", "ike_zone", (SRV, 0x100)) in ops and ("del", "ike_zone", (SRV, 0x10f)) in ops
+
+
 def test_wan_flood_of_random_keys_creates_nothing():
     e = engine()
     e.handle(ike(LAN1, SRV, 0xAAAA), False, 1.0)

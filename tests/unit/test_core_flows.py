@@ -22,11 +22,17 @@ def test_table_bounds_global_and_per_host():
     assert len(t) == 4
 
 
-def test_full_table_expires_before_refusing():
+def test_full_table_refuses_and_leaves_expiry_to_the_caller():
     t = FlowTable(max_flows=2, flows_per_host=10, timeout=10)
     t.add(Flow("esp", "192.168.1.10", "203.0.113.2", 1, 0.0))
     t.add(Flow("esp", "192.168.1.10", "203.0.113.2", 2, 0.0))
-    t.add(Flow("esp", "192.168.1.10", "203.0.113.2", 3, 20.0), now=20.0)  # both old ones expired
+    try:
+        t.add(Flow("esp", "192.168.1.10", "203.0.113.2", 3, 20.0))
+        raise AssertionError("full table accepted a flow")
+    except TableFull:
+        pass
+    assert len(t.expire(20.0)) == 2
+    t.add(Flow("esp", "192.168.1.10", "203.0.113.2", 3, 20.0))
     assert len(t) == 1 and t.per_host["192.168.1.10"] == 1
 
 
