@@ -146,25 +146,26 @@ class Kernel:
         self.backend = backend
         self.nft.check(nftx.replace_table("ip", nftx.TABLE, nftx.render_fastpath(self.cfg, backend)),
                        "installing fast-path table")
-        self.apply_policy(self.cfg)
-        if backend == "iptables":
-            self._iptables_rule("-D", quiet=True)
-            self._iptables_rule("-I")
+        self._install_policy_and_queue_rule()
 
     def adopt_or_install(self, backend):
         """Keep the fast-path table (and its learned maps) if a previous run left one: a daemon
         restart must not cut established VPNs. Returns the kept table's chain names (or None)."""
         kept = self._chain_names()  # chain names only: rules would print JSON warnings
-        if kept:
-            self.backend = backend
-            self.reload_chains(self.cfg)
-            self.apply_policy(self.cfg)
-            if backend == "iptables":
-                self._iptables_rule("-D", quiet=True)
-                self._iptables_rule("-I")
-            return kept
-        self.install(backend)
-        return None
+        if not kept:
+            self.install(backend)
+            return None
+        self.backend = backend
+        self.reload_chains(self.cfg)
+        self._install_policy_and_queue_rule()
+        return kept
+
+    def _install_policy_and_queue_rule(self):
+        """The policy table and, on the iptables backend, exactly one NFQUEUE rule."""
+        self.apply_policy(self.cfg)
+        if self.backend == "iptables":
+            self._iptables_rule("-D", quiet=True)
+            self._iptables_rule("-I")
 
     def reload_chains(self, cfg):
         """Swap the chains for a new config (toggles, devices) without losing map contents.
