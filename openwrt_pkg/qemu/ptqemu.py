@@ -35,39 +35,20 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 PREFIX = "pt-q"  # every namespace of ours: pt-q<pid>-lan, -lan1, -lan2, -wan (one set per process)
 LAN_MAC = "52:54:00:70:71:01"
 WAN_MAC = "52:54:00:70:71:02"
-LAN_NET = "192.168.1"
-WAN_NET = "203.0.113"
-ROUTER_LAN_IP = LAN_NET + ".1"
-ROUTER_WAN_IP = WAN_NET + ".1"
-SERVER_IPS = [WAN_NET + ".2", WAN_NET + ".3"]
 DEFAULT_IMAGE = os.environ.get("PT_QEMU_IMAGE", "/var/cache/passthrough-qemu/image")
+
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # run as a script too: the lab's helpers and addresses are shared
+from passthrough.lab.peers import wait_for  # noqa: E402
+from passthrough.lab.topology import (LAN_NET, WAN_NET, ROUTER_LAN_IP,  # noqa: E402
+                                      run as sh, nsexec)
+
+SERVER_IPS = [WAN_NET + ".2", WAN_NET + ".3"]
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
-
-
-def sh(cmd, check=True, input=None, timeout=30):
-    p = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), p.returncode, (p.stderr or p.stdout).strip()))
-    return p
-
-
-def nsexec(ns, *cmd, **kw):
-    return sh(["ip", "netns", "exec", ns] + [str(c) for c in cmd], **kw)
-
-
-def wait_for(pred, timeout, interval=0.05, what="condition"):
-    deadline = time.time() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise TimeoutError("timed out after %.1f s waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

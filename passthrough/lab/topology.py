@@ -37,7 +37,7 @@ def run(cmd, check=True, input=None, timeout=30):
 
 
 def nsexec(ns, *cmd, **kw):
-    return run(["ip", "netns", "exec", ns] + list(cmd), **kw)
+    return run(["ip", "netns", "exec", ns] + [str(c) for c in cmd], **kw)
 
 
 class Lab:
