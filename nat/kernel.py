@@ -156,7 +156,14 @@ class Kernel:
             self.install(backend)
             return None
         self.backend = backend
-        self.reload_chains(self.cfg)
+        try:
+            self.reload_chains(self.cfg)
+        except KernelError as e:
+            # A table from an older layout whose maps changed type (e.g. esp_out was a set):
+            # start clean; zones follow host addresses, so hosts keep theirs.
+            log.warning("kept fast-path table does not fit this version (%s); reinstalling it", e)
+            self.install(backend)
+            return None
         self._install_policy_and_queue_rule()
         return kept
 
@@ -234,8 +241,7 @@ class Kernel:
 
     def map_elements(self, name):
         """[(key_parts, value, packets, comment)] of one of our maps/sets."""
-        data = self.nft.list_json("map ip %s %s" % (nftx.TABLE, name)) if name != "esp_out" else \
-            self.nft.list_json("set ip %s %s" % (nftx.TABLE, name))
+        data = self.nft.list_json("map ip %s %s" % (nftx.TABLE, name))
         return parse_elements(data)
 
     # --- conntrack ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ LAN_ZONE = "lan_zone"     # lan ip -> zone
 ZONE_LAN = "zone_lan"     # zone -> lan ip (DNAT target of new inbound connections in the zone)
 IKE_ZONE = "ike_zone"     # remote ip . IKE initiator SPI (64 bit) -> zone
 ESP_ZONE = "esp_zone"     # remote ip . inbound ESP SPI (32 bit, raw and in UDP) -> zone
-ESP_OUT = "esp_out"       # set: lan ip . outbound ESP SPI already seen (not queued again)
+ESP_OUT = "esp_out"       # lan ip . outbound ESP SPI already seen -> zone (data zoned in one lookup)
 L2TP_ZONE = "l2tp_zone"   # remote ip . L2TP tunnel id of the LAN side (16 bit) -> zone
 
 KEY_MAP = {"ike": IKE_ZONE, "esp": ESP_ZONE, "natt": ESP_ZONE, "l2tp": L2TP_ZONE}
@@ -117,8 +117,8 @@ def parse_flow_comment(text):
 
 
 def esp_out_op(flow, add=True):
-    if flow.kind not in ("esp", "natt") or flow.key_out is None:
+    if flow.kind not in ("esp", "natt") or flow.key_out is None or flow.zone is None:
         return None
     if add:
-        return ("add", ESP_OUT, (flow.lan_ip, flow.key_out), None)
+        return ("add", ESP_OUT, (flow.lan_ip, flow.key_out), flow.zone)
     return ("del", ESP_OUT, (flow.lan_ip, flow.key_out))

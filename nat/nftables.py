@@ -1,8 +1,8 @@
 """nftables text for the fast path and the policy: pure functions, no I/O.
 
 Two tables, so that policy outlives the daemon (fail-closed) while queueing fails open:
-- `ip passthrough`: classify (queue control/first packets), steer (into per-host conntrack
-  zones), nat_prerouting (first packet of a connection only: VPN UDP conntrack timeout, PPTP
+- `ip passthrough`: classify (zone known data, queue control/first packets), steer (zone what
+  classify left: control packets and what the daemon just learned), nat_prerouting (first packet of a connection only: VPN UDP conntrack timeout, PPTP
   helper, fallback map, dnat of new inbound connections in a host's zone to that host).
   Priorities: classify raw-10 (-310, before iptables-nft raw at -300 which holds the NFQUEUE
   rule on kernels without nft_queue), steer -250 (after the queue, before conntrack at -200),
@@ -24,6 +24,7 @@ FALLBACK_ESP = "fallback_esp"
 
 KEY_TYPES = {
     LAN_ZONE: "typeof ip saddr : ct zone",
+    ESP_OUT: "typeof ip saddr . @th,0,32 : ct zone",
     ZONE_LAN: "typeof ct zone : ip daddr",
     IKE_ZONE: "typeof ip saddr . @th,64,64 : ct zone",
     ESP_ZONE: "typeof ip saddr . @th,0,32 : ct zone",
@@ -32,8 +33,11 @@ KEY_TYPES = {
 # Key-only twin of each demux map, for the "not known yet" tests in classify: kernels before 6.5
 # refuse a lookup on a map that does not use its value ("nf_tables: relax set/map validation
 # checks"), e.g. OpenWrt 23.05's 5.15 and Debian 12's 6.1. render_op keeps the twins in step.
-KEYSET = {LAN_ZONE: LAN_ZONE + "_k", IKE_ZONE: IKE_ZONE + "_k", ESP_ZONE: ESP_ZONE + "_k", L2TP_ZONE: L2TP_ZONE + "_k"}
-COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE, LAN_ZONE)
+KEYSET = {LAN_ZONE: LAN_ZONE + "_k", ESP_OUT: ESP_OUT + "_k", IKE_ZONE: IKE_ZONE + "_k",
+          ESP_ZONE: ESP_ZONE + "_k", L2TP_ZONE: L2TP_ZONE + "_k"}
+# Per-element packet counters (the daemon's idle detection for inbound keys) only where they are
+# read: a counter is one more expression on every hit.
+COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE)
 
 # Queue protection for WAN packets with unknown keys (measured, tests/lab/test_floods.py: a burst
 # of 20000 random-key packets overflowed the 4096-packet queue and legit outbound IKE messages,
@@ -66,13 +70,14 @@ def queue_stmt(cfg, backend):
 
 
 def render_fastpath(cfg, backend):
-    """The fast-path table. Per-packet cost matters (every VPN data packet crosses classify and
-    steer): established data packets leave each chain after one or two rules (`accept` ends only
-    this chain's evaluation, later hooks still run), the steer chain dispatches on the input
-    device once (verdict map), and the per-connection work (ct timeout, pptp helper, fallback
-    map) sits in the nat chain, which the kernel runs only for a connection's first packet.
-    Measured in the lab (bench/run.py): the old layout, a mangle hook doing a map update per
-    packet and a dozen `iifname` rules per chain, cost 30-40% of the kernel-only forwarding rate.
+    """The fast-path table. Per-packet cost matters: every VPN data packet crosses classify and
+    steer, and on a retpoline kernel each nft expression costs 5-50 ns, a set lookup 50-100 ns
+    (bench/README.md). So a known data packet does one map lookup in classify (key -> zone, then
+    `accept`, which ends only this hook) and one mark test in steer; everything that needs more
+    (control packets, unknown keys) carries the steer bit; the per-connection work (ct timeout,
+    pptp helper, fallback map) sits in the nat chain, which runs only for a connection's first
+    packet. Measured in the lab (bench/run.py): the first layout, a mangle hook doing a map
+    update per packet and a dozen `iifname` rules per chain, cost 30-40% of the kernel-only rate.
     """
     lan, wan = quote_dev(cfg.lan_device), quote_dev(cfg.wan_device)
     q = queue_stmt(cfg, backend)
@@ -82,10 +87,9 @@ def render_fastpath(cfg, backend):
     t = cfg.udp_timeout
     out.append("\tct timeout vpn-udp { protocol udp; l3proto ip; policy = { unreplied : %d, replied : %d }; }" % (t, t))
     out.append('\tct helper pptp { type "pptp" protocol tcp; l3proto ip; }')
-    for name in (LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, L2TP_ZONE):
+    for name in (LAN_ZONE, ZONE_LAN, ESP_OUT, IKE_ZONE, ESP_ZONE, L2TP_ZONE):
         extra = " counter;" if name in COUNTED else ""
         out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
-    out.append("\tset %s { typeof ip saddr . @th,0,32; }" % ESP_OUT)
     out.append("\tset %s { typeof ip saddr; size 65535; flags dynamic,timeout; timeout 60s; }" % FLOOD_SET)
     for name in sorted(KEYSET):
         out.append("\tset %s { %s; }" % (KEYSET[name], KEY_TYPES[name].split(" : ")[0]))
@@ -101,50 +105,67 @@ def render_fastpath(cfg, backend):
     out.append("\t\tiifname %s jump classify_in" % wan)
     out.append("\t}")
 
+    # Every VPN packet that is not known data gets the steer bit: the steer chain zones it after
+    # the queue (the daemon may just have learned its key) and skips everything else at once.
+    steer = "meta mark set meta mark | 0x%08x" % cfg.steer_mark_bit
     zone_lan = "ct zone set ip saddr map @%s" % LAN_ZONE
     co = []
-    # Data of known flows first: zoned right here and out of the chain (nothing to learn); the
-    # steer chain then only sees that the packet already carries its zone. A failed map lookup
-    # ends the rule, so unknown keys fall through to the queue rules below.
+    # Data of known flows first, one map lookup each: zoned right here and out of the chain.
+    # (esp_out holds the host's zone per outbound SPI; SPI 0, the non-ESP marker, is never a key.)
+    # A failed lookup ends the rule, so unknown keys fall through to the rules below.
     if ipsec:
-        co.append("udp dport 4500 @th,64,32 != 0 ip saddr . @th,64,32 @%s %s accept" % (ESP_OUT, zone_lan))
-        co.append("meta l4proto esp ip saddr . @th,0,32 @%s %s accept" % (ESP_OUT, zone_lan))
+        co.append("udp dport 4500 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_OUT)
+        co.append("meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s accept" % ESP_OUT)
     co.append("udp dport 1701 @th,64,8 & 0x80 == 0x00 %s accept" % zone_lan)
-    # First VPN packet of a LAN host: the daemon gives the host its zone.
-    co.append("udp sport %s ip saddr != @%s %s" % (VPN_UDP, KEYSET[LAN_ZONE], q))
-    co.append("udp dport %s ip saddr != @%s %s" % (VPN_UDP, KEYSET[LAN_ZONE], q))
-    if ipsec:
-        co.append("meta l4proto esp ip saddr != @%s %s" % (KEYSET[LAN_ZONE], q))
-        co.append("udp dport 500 %s" % q)  # IKE: learn initiator SPIs
-        co.append("udp dport 4500 udp length > 12 @th,64,32 0 %s" % q)  # IKE after non-ESP marker
-        co.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (ESP_OUT, q))
-        co.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (ESP_OUT, q))
-    if l2tp:
-        co.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # control (T bit)
-        co.append("udp sport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # LNS moved to another port
+    co.append("udp dport %s goto classify_out_vpn" % VPN_UDP)
+    co.append("udp sport %s goto classify_out_vpn" % VPN_UDP)
+    co.append("meta l4proto esp goto classify_out_vpn")
     out.append("\tchain classify_out {")
     out.extend("\t\t" + r for r in co)
+    out.append("\t}")
+
+    cv = [steer]
+    # First VPN packet of a LAN host: the daemon gives the host its zone.
+    cv.append("ip saddr != @%s %s" % (KEYSET[LAN_ZONE], q))
+    if ipsec:
+        cv.append("udp dport 500 %s" % q)  # IKE: learn initiator SPIs
+        cv.append("udp dport 4500 udp length > 12 @th,64,32 0 %s" % q)  # IKE after non-ESP marker
+        cv.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_OUT], q))
+        cv.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_OUT], q))
+    if l2tp:
+        cv.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # control (T bit)
+        cv.append("udp sport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # LNS moved to another port
+    out.append("\tchain classify_out_vpn {")
+    out.extend("\t\t" + r for r in cv)
     out.append("\t}")
 
     ci = []
     qi = "goto queue_in"  # through the flood limits to the queue
     # Data of known flows first (zoned here, out of the chain); then what must be learned.
     if ipsec:
-        ci.append("udp dport 4500 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
+        ci.append("udp dport 4500 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
         ci.append("meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s accept" % ESP_ZONE)
     if l2tp:
         ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ct zone set ip saddr . @th,80,16 map @%s accept" % L2TP_ZONE)
-    if ipsec:
-        ci.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
-        ci.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
-        ci.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
-        ci.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
-    if l2tp:
-        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
-        ci.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % qi)
-        ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
+    ci.append("udp dport %s goto classify_in_vpn" % VPN_UDP)
+    ci.append("udp sport %s goto classify_in_vpn" % VPN_UDP)
+    ci.append("meta l4proto esp goto classify_in_vpn")
     out.append("\tchain classify_in {")
     out.extend("\t\t" + r for r in ci)
+    out.append("\t}")
+
+    cw = [steer]
+    if ipsec:
+        cw.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
+        cw.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
+        cw.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
+        cw.append("udp dport 4500 udp length > 28 @th,64,32 0 ip saddr . @th,96,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
+    if l2tp:
+        cw.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
+        cw.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % qi)
+        cw.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
+    out.append("\tchain classify_in_vpn {")
+    out.extend("\t\t" + r for r in cw)
     out.append("\t}")
     out.append("\tchain queue_in {")
     out.append("\t\tupdate @%s { ip saddr limit rate over %d/second burst %d packets } accept" % (
@@ -155,11 +176,10 @@ def render_fastpath(cfg, backend):
 
     out.append("\tchain steer {")
     out.append("\t\ttype filter hook prerouting priority -250; policy accept;")
-    # Before conntrack only a packet zoned in classify has a conntrack (its template): done.
-    out.append("\t\tct state new accept")
-    if backend != "nft":
-        out.append("\t\tmeta mark & 0x%08x == 0x%08x meta mark set meta mark & 0x%08x" % (
-            cfg.mark_bit, cfg.mark_bit, 0xFFFFFFFF ^ cfg.mark_bit))
+    # Known data was zoned in classify and carries no steer bit: one cheap test and out.
+    out.append("\t\tmeta mark & 0x%08x == 0 accept" % cfg.steer_mark_bit)
+    clear = cfg.steer_mark_bit | (cfg.mark_bit if backend != "nft" else 0)
+    out.append("\t\tmeta mark set meta mark & 0x%08x" % (0xFFFFFFFF ^ clear))
     if lan != wan:
         out.append("\t\tiifname vmap { %s : jump steer_out, %s : jump steer_in }" % (lan, wan))
     else:
@@ -216,8 +236,8 @@ def render_fastpath(cfg, backend):
 
 
 # Chains of older layouts: reload_chains deletes them when a kept table still has them.
-FASTPATH_CHAINS = ("classify", "classify_out", "classify_in", "queue_in", "steer", "steer_out", "steer_in",
-                   "nat_prerouting")
+FASTPATH_CHAINS = ("classify", "classify_out", "classify_out_vpn", "classify_in", "classify_in_vpn", "queue_in",
+                   "steer", "steer_out", "steer_in", "nat_prerouting")
 
 
 def render_policy(cfg):

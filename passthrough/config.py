@@ -25,6 +25,7 @@ DEFAULTS = {
     "queue_limit_source": 100,
     "queue_limit_total": 1000,
     "mark_bit": 0x10000000,
+    "steer_mark_bit": 0x20000000,
     "log_level": "info",
     "control_socket": "/var/run/passthrough.sock",
     "queue_backend": "auto",
@@ -45,6 +46,7 @@ INT_OPTIONS = {
     "queue_limit_source": (1, 1000000),  # pkt/s one WAN source may send to the queue
     "queue_limit_total": (1, 1000000),   # pkt/s all WAN sources together
     "mark_bit": (1, 0x80000000),
+    "steer_mark_bit": (1, 0x80000000),
 }
 CHOICE_OPTIONS = {
     "log_level": ("debug", "info", "notice", "warning", "err", "error"),
@@ -152,9 +154,12 @@ def validate(values):
             out[k] = v
         else:
             raise ConfigError("unknown option %r" % (k,))
-    mb = out["mark_bit"]
-    if mb & (mb - 1):
-        raise ConfigError("option mark_bit: 0x%x must be a single bit" % mb)
+    for k in ("mark_bit", "steer_mark_bit"):
+        mb = out[k]
+        if mb & (mb - 1):
+            raise ConfigError("option %s: 0x%x must be a single bit" % (k, mb))
+    if out["mark_bit"] == out["steer_mark_bit"]:
+        raise ConfigError("options mark_bit and steer_mark_bit must be different bits")
     if out["zone_base"] + out["max_hosts"] > 65535:
         raise ConfigError("zone_base + max_hosts must stay below 65536 (conntrack zones are 16 bit)")
     return out
@@ -241,7 +246,7 @@ def render_uci(cfg):
         v = cfg.values[k]
         if v is True or v is False:
             v = "1" if v else "0"
-        elif k == "mark_bit":
+        elif k in ("mark_bit", "steer_mark_bit"):
             v = "0x%x" % v
         lines.append("\toption %s '%s'" % (k, str(v).replace("'", "'\\''")))
     return "\n".join(lines) + "\n"

@@ -155,8 +155,8 @@ class QemuLab:
     def dump(self):
         """Guest state for assertion messages."""
         return self.guest.run("passthrough status; conntrack -L 2>/dev/null | grep -E 'esp|udp' | head -40; "
-                              "for m in lan_zone esp_zone esp_out; do nft list set ip passthrough $m 2>/dev/null "
-                              "|| nft list map ip passthrough $m; done; tail -n 30 /var/log/passthrough.log").stdout
+                              "for m in lan_zone esp_zone esp_out; do nft list map ip passthrough $m; "
+                              "done; tail -n 30 /var/log/passthrough.log").stdout
 
     def log_tail(self, n=40):
         return self.guest.run("tail -n %d /var/log/passthrough.log; logread | tail -n 20" % n).stdout

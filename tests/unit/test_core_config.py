@@ -55,6 +55,8 @@ def test_bad_values_name_the_option():
     assert "udp_timeout" in raises(C.Config, {"udp_timeout": "30"})  # shorter than L2TP HELLO
     assert "lan_device" in raises(C.Config, {"lan_device": "br lan"})
     assert "mark_bit" in raises(C.Config, {"mark_bit": "3"})
+    assert "steer_mark_bit" in raises(C.Config, {"steer_mark_bit": "0x30000000"})
+    assert "different bits" in raises(C.Config, {"steer_mark_bit": "0x10000000"})
     assert "unknown option" in raises(C.Config, {"l2tp_pasthrough": "1"})
     assert "zone_base" in raises(C.Config, {"zone_base": "65500", "max_hosts": "100"})
 

@@ -57,7 +57,8 @@ def test_first_packet_assigns_zone_and_learns_ike_spi():
 def test_esp_pairing_oldest_waiting_host_first():
     e = engine()
     ops = e.handle(esp(LAN1, SRV, 0x1001), False, 1.0)
-    assert ("add", "esp_out", (LAN1, 0x1001), None) in ops
+    zone1 = e.zones.zone_of(LAN1)
+    assert ("add", "esp_out", (LAN1, 0x1001), zone1) in ops  # the host's zone: data zoned in one lookup
     e.handle(esp(LAN2, SRV, 0x1002), False, 1.2)
     ops = e.handle(esp(SRV, "203.0.113.1", 0x2001), True, 1.3)
     assert [o[:4] for o in ops_named(ops, "esp_zone")] == [("add", "esp_zone", (SRV, 0x2001), Z1)]

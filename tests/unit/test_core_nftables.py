@@ -24,10 +24,37 @@ def test_backends_queue_statement():
     assert "queue flags bypass,fanout to 5-7" in fan
 
 
+def chain(text, name):
+    return text.split("chain %s {" % name)[1].split("\n\t}")[0]
+
+
 def test_toggles_remove_classify_rules():
     r = N.render_fastpath(Config({"l2tp_passthrough": "0"}), "nft")
-    classify_in = r.split("chain classify_in {")[1].split("}")[0]
-    assert "1701" not in classify_in and "@ike_zone" in classify_in
+    assert "l2tp_zone" not in chain(r, "classify_in")
+    learn_in = chain(r, "classify_in_vpn")
+    assert "1701" not in learn_in and "@ike_zone" in learn_in
+    assert "1701" not in chain(r, "classify_out_vpn")
+    r = N.render_fastpath(Config({"ipsec_passthrough": "0"}), "nft")
+    assert "esp_zone" not in chain(r, "classify_in") and "esp_out" not in chain(r, "classify_out")
+
+
+def test_data_fast_path_one_lookup_and_steer_gate():
+    """Known data: one map lookup in classify and out; steer lets it pass after one mark test.
+    Everything that goes on to the learning chains gets the steer bit first."""
+    cfg = Config({"steer_mark_bit": "0x40000000"})
+    r = N.render_fastpath(cfg, "iptables")
+    out = chain(r, "classify_out").strip().splitlines()
+    assert out[0].strip() == "udp dport 4500 ct zone set ip saddr . @th,64,32 map @esp_out accept"
+    assert out[1].strip() == "meta l4proto esp ct zone set ip saddr . @th,0,32 map @esp_out accept"
+    assert chain(r, "classify_in").strip().splitlines()[0].strip() == \
+        "udp dport 4500 ct zone set ip saddr . @th,64,32 map @esp_zone accept"
+    for name in ("classify_out_vpn", "classify_in_vpn"):
+        assert chain(r, name).strip().splitlines()[0].strip() == "meta mark set meta mark | 0x40000000"
+    steer = chain(r, "steer").strip().splitlines()
+    assert steer[1].strip() == "meta mark & 0x40000000 == 0 accept"
+    assert steer[2].strip() == "meta mark set meta mark & 0xafffffff"  # steer bit and queue bit cleared
+    assert "meta mark set meta mark & 0xbfffffff" in N.render_fastpath(cfg, "nft")  # no queue bit there
+    assert "counter" not in r.split("map lan_zone {")[1].split("}")[0]
 
 
 def test_queue_limits_from_config():
@@ -47,10 +74,10 @@ def test_udp_timeout_and_devices():
 def test_classify_tests_key_sets_not_maps():
     """Kernels < 6.5 reject a lookup on a map that ignores its value: classify uses the twins."""
     r = N.render_fastpath(Config({}), "nft")
-    for chain in ("classify_out", "classify_in"):
-        body = r.split("chain %s {" % chain)[1].split("}")[0]
-        for name in ("lan_zone", "ike_zone", "esp_zone", "l2tp_zone"):
-            assert "!= @%s " % name not in body, (chain, name)
+    for name in ("classify_out", "classify_in", "classify_out_vpn", "classify_in_vpn"):
+        body = chain(r, name)
+        for m in ("lan_zone", "esp_out", "ike_zone", "esp_zone", "l2tp_zone"):
+            assert "!= @%s " % m not in body, (name, m)
 
 
 def test_render_ops():
@@ -60,7 +87,8 @@ def test_render_ops():
     assert N.render_op(("del", "ike_zone", ("203.0.113.2", 0xAB))) == \
         "delete element ip passthrough ike_zone { 203.0.113.2 . 0x00000000000000ab }\n" \
         "delete element ip passthrough ike_zone_k { 203.0.113.2 . 0x00000000000000ab }"
-    assert N.render_op(("add", "esp_out", ("192.168.1.10", 5), None)) == \
-        "add element ip passthrough esp_out { 192.168.1.10 . 0x00000005 }"
+    assert N.render_op(("add", "esp_out", ("192.168.1.10", 5), 4107)) == \
+        "add element ip passthrough esp_out { 192.168.1.10 . 0x00000005 : 4107 }\n" \
+        "add element ip passthrough esp_out_k { 192.168.1.10 . 0x00000005 }"
     assert N.render_op(("add", "zone_lan", (4097,), "192.168.1.10")) == \
         "add element ip passthrough zone_lan { 4097 : 192.168.1.10 }"
