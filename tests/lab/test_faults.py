@@ -208,3 +208,19 @@ def test_wan_device_recreated_new_ifindex(fresh):
     f = [x for x in st["flows"] if x["kind"] == "esp" and x["key_out"] == "00035000"]
     assert f and f[0]["state"] == "up" and f[0]["key"] == "00036000" and f[0]["lan_ip"] == fresh.lab.lan_ip(1), f
     assert "device wan is now ifindex %d" % after in fresh.log_tail(60)
+
+
+def test_table_of_an_older_layout_is_reinstalled(fresh):
+    """A daemon upgraded under a kept table whose maps changed type (esp_out was a set before
+    the one-lookup fast path) must not fail to start: it reinstalls the table, with a warning."""
+    fresh.kill_daemon()
+    old = ("table ip passthrough {}\ndelete table ip passthrough\ntable ip passthrough {\n"
+           "\tset esp_out { typeof ip saddr . @th,0,32; }\n"
+           "\tchain classify { type filter hook prerouting priority -310; policy accept; }\n}\n")
+    nsexec(fresh.lab.router, "nft", "-f", "-", input=old)
+    fresh.start_daemon()
+    assert ask(fresh.control, "stats")["ok"]
+    assert "does not fit this version" in fresh.log_tail(60)
+    assert "map esp_out" in fresh.nft("list", "table", "ip", "passthrough")
+    s = fresh.client(0, "esp", "--server", fresh.lab.server_ip(0), "--spi", "0x47000", "--count", 5, "--wait", 0.5)
+    assert s["replies"] == 5, s
