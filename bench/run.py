@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks of passthrough in the namespace lab, one command (root):
 
-    .venv/bin/python bench/run.py --out bench/results [--quick] [--only dataplane,control,latency,memory]
+    .venv/bin/python bench/run.py --out bench/results [--quick] [--only dataplane,floor,control,latency,memory]
 
 Writes OUT/results.json and OUT/bench.png. Two labs of our own (prefixes pt-bk- and pt-bp-;
 192.168.1.x LAN, 203.0.113.x WAN, all in network namespaces made here): one with only the lab's
@@ -167,7 +167,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--quick", action="store_true", help="shorter windows, one repetition")
-    ap.add_argument("--only", default="dataplane,latency,control,memory")
+    ap.add_argument("--only", default="dataplane,floor,latency,control,memory")
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--reps", type=int)
     a = ap.parse_args(argv)
@@ -175,7 +175,7 @@ def main(argv=None):
     if os.geteuid() != 0:
         log("bench/run.py needs root (network namespaces)")
         return 2
-    if ("dataplane" in parts or "control" in parts) and not shutil.which("trafgen"):
+    if any(p in parts for p in ("dataplane", "floor", "control")) and not shutil.which("trafgen"):
         log("trafgen (Debian package netsniff-ng) is missing: apt-get install netsniff-ng")
         return 2
     seconds = a.seconds or (1.0 if a.quick else 2.0)
@@ -187,13 +187,17 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     kernel_run = pt_run = None
     try:
-        if any(p in parts for p in ("dataplane", "latency", "control")):
+        if any(p in parts for p in ("dataplane", "floor", "latency", "control")):
             kernel_run = LabRun(prefix="pt-bk-", workdir=os.path.join(work, "kernel")).up(start_daemon=False)
             pt_run = LabRun(prefix="pt-bp-", workdir=os.path.join(work, "pt")).up()
         if "dataplane" in parts:
             from bench import dataplane
             log("data plane (trafgen, %.1f s windows, %d reps)" % (seconds, reps))
             res["dataplane"], raw = dataplane.measure(kernel_run, pt_run, work, seconds=seconds, reps=reps, log=log)
+        if "floor" in parts:
+            from bench import floor
+            log("data-plane floor (classifier pieces on the kernel-only lab)")
+            res["floor"] = floor.measure(kernel_run, work, seconds=seconds, reps=reps, log=log)
         if "latency" in parts:
             log("new-flow latency")
             res["latency"] = latency(kernel_run, pt_run, work, 100 if a.quick else 200)
