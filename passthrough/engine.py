@@ -402,10 +402,16 @@ class Engine:
         mtype = d.get("l2tp_type")
         if d.get("l2tp_control"):
             if mtype == "SCCRP" and d.get("l2tp_assigned_tunnel"):
+                known = (f.key_out, f.remote_port)
                 f.key_out = d["l2tp_assigned_tunnel"]
                 if d["sport"] != f.remote_port:
                     self.log("info", "L2TP tunnel %d: %s answers from port %d (RFC 2661 8.1)" % (tid, remote, d["sport"]))
                 f.remote_port = d["sport"]
+                if (f.key_out, f.remote_port) != known:
+                    # The element's comment is what a restarted daemon re-adopts: rewrite it
+                    # (delete + add, one transaction) with the LNS's tunnel id and port.
+                    ops.append(key_op(f, add=False))
+                    ops.append(key_op(f))
             if mtype and mtype != "ZLB":
                 f.state = mtype
             if mtype == "StopCCN":

@@ -94,9 +94,12 @@ def test_l2tp_tunnel_learned_from_sccrq_and_port_change():
     e = engine()
     ops = e.handle(l2tp(LAN1, SRV, 0, "SCCRQ", assigned=41), False, 1.0)
     assert [o[:4] for o in ops_named(ops, "l2tp_zone")] == [("add", "l2tp_zone", (SRV, 41), Z1)]
-    e.handle(l2tp(SRV, "203.0.113.1", 41, "SCCRP", assigned=100, sport=1702), True, 1.1)
+    ops = e.handle(l2tp(SRV, "203.0.113.1", 41, "SCCRP", assigned=100, sport=1702), True, 1.1)
     f = e.flows.get("l2tp", SRV, 41)
     assert f.key_out == 100 and f.remote_port == 1702 and f.state == "SCCRP"
+    # the element is rewritten so a restarted daemon re-adopts the LNS's port and tunnel id
+    assert ops_named(ops, "l2tp_zone") == [("del", "l2tp_zone", (SRV, 41)),
+                                           ("add", "l2tp_zone", (SRV, 41), Z1, "l2tp %s 1701 1702 100" % LAN1)]
     e.handle(l2tp(LAN1, SRV, 100, "SCCCN", dport=1702), False, 1.2)
     assert f.state == "SCCCN"
     e.handle(l2tp(LAN1, SRV, 100, "StopCCN", dport=1702), False, 2.0)
