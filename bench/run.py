@@ -97,7 +97,7 @@ def plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(20, 9))
     ax = axes[0][0]
     dp = res.get("dataplane")
     if dp:
@@ -157,6 +157,21 @@ def plot(res, path):
         ax.set_ylabel("bytes per flow")
         ax.set_title("Memory per tracked flow")
         ax.legend(fontsize=8)
+    ax = axes[0][2]
+    fl = res.get("floor")
+    if fl:
+        from bench.floor import STEPS
+        x = range(len(STEPS))
+        for j, flow in enumerate(sorted(fl)):
+            ax.bar([i - 0.2 + 0.4 * j for i in x], [fl[flow][st]["ratio"] for st in STEPS], 0.4, label=flow + " up")
+        ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
+        ax.set_ylim(0.8, 1.02)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(STEPS, fontsize=8)
+        ax.set_ylabel("x kernel-only")
+        ax.set_title("Floor: classifier pieces added to the kernel-only lab")
+        ax.legend(fontsize=8)
+    axes[1][2].axis("off")
     fig.suptitle("passthrough benchmarks (%s, kernel %s, %s CPUs)" % (res["meta"]["date"], res["meta"]["kernel"],
                                                                     res["meta"]["cpus"]))
     fig.tight_layout()
