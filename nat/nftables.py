@@ -2,8 +2,9 @@
 
 Two tables, so that policy outlives the daemon (fail-closed) while queueing fails open:
 - `ip passthrough`: classify (zone known data, queue control/first packets), steer (zone what
-  classify left: control packets and what the daemon just learned), nat_prerouting (first packet of a connection only: VPN UDP conntrack timeout, PPTP
-  helper, fallback map, dnat of new inbound connections in a host's zone to that host).
+  classify left: control packets, what the daemon just learned), nat_prerouting (first packet
+  of a connection only: VPN UDP conntrack timeout, PPTP helper, fallback map, dnat of new
+  inbound connections in a host's zone to that host).
   Priorities: classify raw-10 (-310, before iptables-nft raw at -300 which holds the NFQUEUE
   rule on kernels without nft_queue), steer -250 (after the queue, before conntrack at -200),
   nat -110 (before fw4's dstnat at -100).
@@ -69,6 +70,14 @@ def queue_stmt(cfg, backend):
     return "meta mark set meta mark | 0x%08x return" % cfg.mark_bit
 
 
+def _vpn_to(chain, ipsec):
+    """Rules sending the VPN packets that are left (not known data) on to `chain`."""
+    rules = ["udp dport %s goto %s" % (VPN_UDP, chain), "udp sport %s goto %s" % (VPN_UDP, chain)]
+    if ipsec:
+        rules.append("meta l4proto esp goto %s" % chain)
+    return rules
+
+
 def render_fastpath(cfg, backend):
     """The fast-path table. Per-packet cost matters: every VPN data packet crosses classify and
     steer, and on a retpoline kernel each nft expression costs 5-50 ns, a set lookup 50-100 ns
@@ -117,9 +126,7 @@ def render_fastpath(cfg, backend):
         co.append("udp dport 4500 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_OUT)
         co.append("meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s accept" % ESP_OUT)
     co.append("udp dport 1701 @th,64,8 & 0x80 == 0x00 %s accept" % zone_lan)
-    co.append("udp dport %s goto classify_out_vpn" % VPN_UDP)
-    co.append("udp sport %s goto classify_out_vpn" % VPN_UDP)
-    co.append("meta l4proto esp goto classify_out_vpn")
+    co.extend(_vpn_to("classify_out_vpn", ipsec))
     out.append("\tchain classify_out {")
     out.extend("\t\t" + r for r in co)
     out.append("\t}")
@@ -147,9 +154,7 @@ def render_fastpath(cfg, backend):
         ci.append("meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s accept" % ESP_ZONE)
     if l2tp:
         ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ct zone set ip saddr . @th,80,16 map @%s accept" % L2TP_ZONE)
-    ci.append("udp dport %s goto classify_in_vpn" % VPN_UDP)
-    ci.append("udp sport %s goto classify_in_vpn" % VPN_UDP)
-    ci.append("meta l4proto esp goto classify_in_vpn")
+    ci.extend(_vpn_to("classify_in_vpn", ipsec))
     out.append("\tchain classify_in {")
     out.extend("\t\t" + r for r in ci)
     out.append("\t}")
