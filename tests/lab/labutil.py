@@ -4,6 +4,7 @@ import os
 import subprocess
 
 from passthrough.lab.harness import LabRun
+from passthrough.lab.topology import nsexec
 
 
 @contextlib.contextmanager
@@ -28,3 +29,13 @@ def with_options(lab, options):
     reply = lab.set_options(**options)
     assert reply["ok"], reply
     return lab
+
+
+def queue_counters(lab, queue_num=7100):
+    """The router's NFQUEUE counters (/proc/net/netfilter/nfnetlink_queue); zeros while unbound."""
+    out = nsexec(lab.lab.router, "cat", "/proc/net/netfilter/nfnetlink_queue", check=False).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if f and int(f[0]) == queue_num:
+            return {"waiting": int(f[2]), "overflow_dropped": int(f[5]), "user_dropped": int(f[6]), "enqueued": int(f[7])}
+    return {"waiting": 0, "overflow_dropped": 0, "user_dropped": 0, "enqueued": 0}

@@ -102,9 +102,7 @@ import pytest  # noqa: E402
 
 from passthrough.cli import ask  # noqa: E402
 
-from passthrough.lab.topology import nsexec  # noqa: E402
-
-from labutil import running_lab  # noqa: E402
+from labutil import queue_counters, running_lab  # noqa: E402
 
 pytestmark = pytest.mark.lab
 RESULTS = "/tmp/passthrough-floods.json"
@@ -114,15 +112,6 @@ RESULTS = "/tmp/passthrough-floods.json"
 def lab():
     with running_lab("f") as run:
         yield run
-
-
-def queue_counters(lab, queue_num=7100):
-    out = nsexec(lab.lab.router, "cat", "/proc/net/netfilter/nfnetlink_queue", check=False).stdout
-    for line in out.splitlines():
-        f = line.split()
-        if f and int(f[0]) == queue_num:
-            return {"waiting": int(f[2]), "overflow_dropped": int(f[5]), "user_dropped": int(f[6]), "enqueued": int(f[7])}
-    return {"waiting": 0, "overflow_dropped": 0, "user_dropped": 0, "enqueued": 0}
 
 
 class ControlProbe(threading.Thread):
