@@ -196,13 +196,7 @@ def cap_ikev2_natt_forced(outdir):
     """IKEv2 with encap=yes, no NAT: IKE_SA_INIT on 500, IKE_AUTH on 4500 (non-ESP marker),
     3 pings as ESP-in-UDP both ways, INFORMATIONAL DELETE. No keepalives: strongSwan sends them
     only when its own side is behind NAT (see ikev2_natt_keepalive)."""
-    s, srv, cli = _ipsec("ikev2_natt_forced", outdir, 2, client_kw={"encap": True})
-    with s:
-        cli.initiate("net", "rw")
-        cli.wait_child_up("net")
-        _tunnel_traffic(cli)
-        cli.terminate(ike="rw")
-        srv.wait_no_sas()
+    _sa_pings_delete("ikev2_natt_forced", outdir, 2, client_kw={"encap": True})
 
 
 def _natt_keepalive(name, outdir, version):
@@ -225,9 +219,9 @@ def cap_ikev2_natt_keepalive(outdir):
     _natt_keepalive("ikev2_natt_keepalive", outdir, 2)
 
 
-def _sa_pings_delete(name, outdir, version):
+def _sa_pings_delete(name, outdir, version, **ipsec_kw):
     """SA up, 3 pings through the tunnel, DELETE."""
-    s, srv, cli = _ipsec(name, outdir, version)
+    s, srv, cli = _ipsec(name, outdir, version, **ipsec_kw)
     with s:
         cli.initiate("net", "rw")
         cli.wait_child_up("net")
