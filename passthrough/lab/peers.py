@@ -700,7 +700,7 @@ class Xl2tpd(_Peer):
     pppd="stub" (default): xl2tpd runs in a private mount namespace where /usr/sbin/pppd is
     bind-mounted over by a small stand-in (see _PPPD_STUB): the call stays up, and every
     `ppp_interval` s (0: once, None: never) it sends an LCP Configure-Request that travels as an L2TP data
-    message; `ppp_rx()` counts PPP frames that arrived from the peer. pppd="real": the real
+    message; `ppp_rx()` / `ppp_tx()` count PPP frames received from / sent to the peer. pppd="real": the real
     pppd fails without /dev/ppp and xl2tpd closes the call (CDN); the tunnel stays.
     """
 
@@ -811,13 +811,20 @@ class Xl2tpd(_Peer):
         m = self.wait_log(L2TP_CALL_RE, timeout, start)
         return {"peer": m.group(1), "local": int(m.group(2)), "remote": int(m.group(3))}
 
-    def ppp_rx(self):
-        """pppd="stub": number of PPP frames the stub got from the peer through the tunnel."""
+    def _stub_frames(self, direction):
         try:
             with open(self.pppd_stub_log) as f:
-                return sum(1 for line in f if line.startswith("rx "))
+                return sum(1 for line in f if line.startswith(direction + " "))
         except OSError:
             return 0
+
+    def ppp_rx(self):
+        """pppd="stub": number of PPP frames the stub got from the peer through the tunnel."""
+        return self._stub_frames("rx")
+
+    def ppp_tx(self):
+        """pppd="stub": number of PPP frames the stub(s) sent so far."""
+        return self._stub_frames("tx")
 
     def wait_ppp_rx(self, n=1, timeout=10.0):
         """pppd="stub": wait until the stub received n PPP frames (L2TP data path works)."""

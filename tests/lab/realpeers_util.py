@@ -53,15 +53,6 @@ def disable_ipv6(ns):
         P.run(["sysctl", "-q", "-w", "net.ipv6.conf.%s.disable_ipv6=1" % key], ns=ns)
 
 
-def stub_tx(x):
-    """Frames the pppd stub(s) of Xl2tpd `x` sent so far ("tx N" lines)."""
-    try:
-        with open(x.pppd_stub_log) as f:
-            return sum(1 for line in f if line.startswith("tx "))
-    except OSError:
-        return 0
-
-
 def parse_pcap(path):
     """Decode a pcap with `passthrough parse --json` (our own parsers); list of dicts."""
     p = subprocess.run([sys.executable, "-m", "passthrough.cli", "parse", "--pcap", path, "--json"],
