@@ -92,6 +92,15 @@ def fresh_daemon(run):
     run.start_daemon()
 
 
+def _label(ax, ticks, labels, ylabel, title, tick_fontsize=8):
+    """What every panel ends with: x tick labels, y label, title, legend."""
+    ax.set_xticks(list(ticks))
+    ax.set_xticklabels(labels, fontsize=tick_fontsize)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def plot(res, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -108,11 +117,8 @@ def plot(res, path):
         ax.bar([i + 0.2 for i in x], [r["passthrough_pps"] / 1000.0 for r in rows], 0.4, label="passthrough")
         for i, r in zip(x, rows):
             ax.text(i, r["passthrough_pps"] / 1000.0, "%.2f" % r["ratio"], ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(labels, fontsize=7)
-        ax.set_ylabel("kpkt/s (one sender CPU)")
-        ax.set_title("Data plane forwarding (ratio above bars; target 0.95)")
-        ax.legend(fontsize=8)
+        _label(ax, x, labels, "kpkt/s (one sender CPU)", "Data plane forwarding (ratio above bars; target 0.95)",
+               tick_fontsize=7)
     ax = axes[0][1]
     cp = res.get("control")
     if cp:
@@ -122,11 +128,7 @@ def plot(res, path):
         ax.bar([i + 0.2 for i in x], [cp[n]["daemon_pps_per_cpu"] / 1000.0 for n in names], 0.4, label="daemon")
         for i, n in zip(x, names):
             ax.text(i + 0.2, cp[n]["daemon_pps_per_cpu"] / 1000.0, "%.2f" % cp[n]["ratio"], ha="center", va="bottom")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(names)
-        ax.set_ylabel("kpkt per CPU-second")
-        ax.set_title("Control path through NFQUEUE (ratio; target 0.5)")
-        ax.legend(fontsize=8)
+        _label(ax, x, names, "kpkt per CPU-second", "Control path through NFQUEUE (ratio; target 0.5)", tick_fontsize=None)
     ax = axes[1][0]
     lat = res.get("latency")
     if lat:
@@ -137,11 +139,7 @@ def plot(res, path):
         ax.bar([i - 0.2 for i in x], [c[1]["p50_ms"] for c in cases], 0.4, label="p50")
         ax.bar([i + 0.2 for i in x], [c[1]["p99_ms"] for c in cases], 0.4, label="p99")
         ax.axhline(2.0, color="red", linestyle="--", linewidth=1, label="target p99 2 ms")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([c[0] for c in cases], fontsize=8)
-        ax.set_ylabel("ms")
-        ax.set_title("New-flow setup latency")
-        ax.legend(fontsize=8)
+        _label(ax, x, [c[0] for c in cases], "ms", "New-flow setup latency")
     ax = axes[1][1]
     mem = res.get("memory")
     if mem:
@@ -152,11 +150,7 @@ def plot(res, path):
         labels = ["engine\n" + n.replace("_", " ") for n in names] + knames
         ax.bar(range(len(labels)), vals + kvals, color=["C0"] * len(vals) + ["C2"] * len(kvals))
         ax.axhline(1024, color="red", linestyle="--", linewidth=1, label="target 1 KiB/flow")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=8)
-        ax.set_ylabel("bytes per flow")
-        ax.set_title("Memory per tracked flow")
-        ax.legend(fontsize=8)
+        _label(ax, range(len(labels)), labels, "bytes per flow", "Memory per tracked flow")
     ax = axes[0][2]
     fl = res.get("floor")
     if fl:
@@ -166,11 +160,7 @@ def plot(res, path):
             ax.bar([i - 0.2 + 0.4 * j for i in x], [fl[flow][st]["ratio"] for st in STEPS], 0.4, label=flow + " up")
         ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
         ax.set_ylim(0.8, 1.02)
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(STEPS, fontsize=8)
-        ax.set_ylabel("x kernel-only")
-        ax.set_title("Floor: classifier pieces added to the kernel-only lab")
-        ax.legend(fontsize=8)
+        _label(ax, x, STEPS, "x kernel-only", "Floor: classifier pieces added to the kernel-only lab")
     axes[1][2].axis("off")
     fig.suptitle("passthrough benchmarks (%s, kernel %s, %s CPUs)" % (res["meta"]["date"], res["meta"]["kernel"],
                                                                     res["meta"]["cpus"]))
