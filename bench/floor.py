@@ -14,8 +14,6 @@ Steps (each includes the previous ones' kind of work, rules in a scratch table `
   lookup    the zone from a map keyed like passthrough's (source . SPI, 8 bytes)
   steer     plus a second base chain at -250 whose first rule is a mark test (passthrough's steer)
 """
-import time
-
 from bench import lablib as B
 from bench import dataplane as D
 
@@ -76,7 +74,6 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
                     log("  floor %-4s %-8s rep %d: %8d pkt/s" % (flow, step, rep, r["pps"]))
     finally:
         B.nsexec(L.router, "nft", "delete", "table", "ip", TABLE, check=False)
-        time.sleep(0.1)
     out = {}
     for flow, steps in raw.items():
         base = B.median(steps["kernel"])
