@@ -13,7 +13,21 @@ Steps (each includes the previous ones' kind of work, rules in a scratch table `
   zone      the same with `ct zone set <constant>` (a conntrack template per packet)
   lookup    the zone from a map keyed like passthrough's (source . SPI, 8 bytes)
   steer     plus a second base chain at -250 whose first rule is a mark test (passthrough's steer)
+
+A second series prices the alternative "zones only for shared remotes" (bench/README.md,
+Targets): data of a remote that only one LAN host uses stays in zone 0 (plain conntrack), so
+classify only has to pick out control packets, for all six data cases (up and down):
+  one_rule      a single `udp dport 1701 accept`: what any rule in the hook costs at all
+  gate          the control-only classifier: NAT-T data (non-zero marker) out first, IKE, L2TP
+                control (T bit) marked for the queue, everything else untouched
+  gate_shared   the same while some other remote is shared: its address tests in front, and
+                the steer hook present
+  tc_bpf        the gate's control-packet test as classic BPF (tcpdump -ddd) in a tc clsact
+                ingress filter on both router ports instead of nft (no action attached: only
+                the cost a data packet pays is measured)
 """
+import subprocess
+
 from bench import lablib as B
 from bench import dataplane as D
 
@@ -51,6 +65,91 @@ def _ruleset(step, lan_dev, key_elems):
 
 
 STEPS = ("kernel", "hook", "dispatch", "zone", "lookup", "steer")
+GATE_STEPS = ("kernel", "one_rule", "gate", "gate_shared", "tc_bpf")
+CONTROL_BPF = ("ip and (udp dst port 500 or (udp dst port 4500 and udp[8:4] = 0)"
+               " or (udp port 1701 and udp[8] & 0x80 != 0))")
+OTHER_REMOTE = "203.0.113.99"  # a remote the lab never talks to, "shared" in gate_shared
+QUEUE_MARK = "meta mark set meta mark | 0x10000000"  # as the iptables backend marks for NFQUEUE
+
+
+def _gate_ruleset(step, lan_dev, wan_dev):
+    """nft text for one gate step (see the module doc)."""
+    out = ["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
+    out.append('\tchain ctl { iifname vmap { "%s" : goto q_out, "%s" : goto q_in }; }' % (lan_dev, wan_dev))
+    out.append("\tchain q_out { %s; }" % QUEUE_MARK)
+    out.append("\tchain q_in { limit rate over 1000/second accept; %s; }" % QUEUE_MARK)
+    out.append("\tchain l2tp_ctl { @th,64,8 & 0x80 == 0x80 goto ctl; }")
+    out.append("\tchain shared { }")
+    out.append("\tchain pre {")
+    out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
+    if step == "one_rule":
+        out.append("\t\tudp dport 1701 accept")
+    else:
+        if step == "gate_shared":
+            out.append('\t\tip daddr %s iifname "%s" goto shared' % (OTHER_REMOTE, lan_dev))
+            out.append('\t\tip saddr %s iifname "%s" goto shared' % (OTHER_REMOTE, wan_dev))
+        out.append("\t\tudp dport 4500 @th,64,32 != 0 accept")
+        out.append("\t\tudp dport 4500 goto ctl")
+        out.append("\t\tudp dport 1701 goto l2tp_ctl")
+        out.append("\t\tudp dport 500 goto ctl")
+        out.append("\t\tudp sport 1701 goto l2tp_ctl")
+    out.append("\t}")
+    if step == "gate_shared":
+        out.append("\tchain steer {")
+        out.append("\t\ttype filter hook prerouting priority -250; policy accept;")
+        out.append("\t\tmeta mark & 0x20000000 == 0 accept")
+        out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _apply(ns, text):
+    if text is None:
+        B.nsexec(ns, "nft", "delete", "table", "ip", TABLE, check=False)
+    else:
+        B.nsexec(ns, "nft", "-f", "-", input=text)
+
+
+def _summary(raw, steps):
+    out = {}
+    for case, by_step in raw.items():
+        base = B.median(by_step["kernel"])
+        out[case] = {}
+        for step in steps:
+            pps = B.median(by_step[step])
+            out[case][step] = {"pps": round(pps), "ns_per_pkt": round(1e9 / pps), "ratio": round(pps / base, 3),
+                               "added_ns": round(1e9 / pps - 1e9 / base), "all": by_step[step]}
+    return out
+
+
+def _tc_gate(ns, devs, on):
+    for dev in devs:
+        B.nsexec(ns, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
+        if on:
+            code = subprocess.run(["tcpdump", "-ddd", CONTROL_BPF], capture_output=True, text=True, check=True)
+            B.nsexec(ns, "tc", "qdisc", "add", "dev", dev, "clsact")
+            B.nsexec(ns, "tc", "filter", "add", "dev", dev, "ingress", "bpf", "bytecode",
+                     ",".join(code.stdout.split("\n")).strip(","), "classid", "1:1")
+
+
+def measure_gate(kernel_run, workdir, seconds=1.0, reps=3, log=print):
+    """{"flow-direction": {step: {pps, ns_per_pkt, ratio}}} for the six 100 B data cases."""
+    L = kernel_run.lab
+    frames = D.frames(kernel_run, D.learn(kernel_run), 100)
+    raw = {"%s-%s" % k: {s: [] for s in GATE_STEPS} for k in frames}
+    try:
+        for rep in range(reps):
+            for step in GATE_STEPS:
+                _apply(L.router, None if step in ("kernel", "tc_bpf") else _gate_ruleset(step, "br-lan", "wan"))
+                _tc_gate(L.router, ("br-lan", "wan"), step == "tc_bpf")
+                for (flow, direction), frame in sorted(frames.items()):
+                    r = D.blast(kernel_run, frame, direction, seconds, workdir)
+                    raw["%s-%s" % (flow, direction)][step].append(r["pps"])
+                    log("  floor %-4s %-4s %-11s rep %d: %8d pkt/s" % (flow, direction, step, rep, r["pps"]))
+    finally:
+        _apply(L.router, None)
+        _tc_gate(L.router, ("br-lan", "wan"), False)
+    return _summary(raw, GATE_STEPS)
 
 
 def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
@@ -64,22 +163,11 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
     try:
         for rep in range(reps):
             for step in STEPS:
-                if step == "kernel":
-                    B.nsexec(L.router, "nft", "delete", "table", "ip", TABLE, check=False)
-                else:
-                    B.nsexec(L.router, "nft", "-f", "-", input=_ruleset(step, "br-lan", keys))
+                _apply(L.router, None if step == "kernel" else _ruleset(step, "br-lan", keys))
                 for flow in ("natt", "esp"):
                     r = D.blast(kernel_run, frames[(flow, "up")], "up", seconds, workdir)
                     raw[flow][step].append(r["pps"])
                     log("  floor %-4s %-8s rep %d: %8d pkt/s" % (flow, step, rep, r["pps"]))
     finally:
-        B.nsexec(L.router, "nft", "delete", "table", "ip", TABLE, check=False)
-    out = {}
-    for flow, steps in raw.items():
-        base = B.median(steps["kernel"])
-        out[flow] = {}
-        for step in STEPS:
-            pps = B.median(steps[step])
-            out[flow][step] = {"pps": round(pps), "ns_per_pkt": round(1e9 / pps), "ratio": round(pps / base, 3),
-                               "added_ns": round(1e9 / pps - 1e9 / base), "all": steps[step]}
-    return out
+        _apply(L.router, None)
+    return _summary(raw, STEPS)

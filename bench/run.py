@@ -161,7 +161,21 @@ def plot(res, path):
         ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
         ax.set_ylim(0.8, 1.02)
         _label(ax, x, STEPS, "x kernel-only", "Floor: classifier pieces added to the kernel-only lab")
-    axes[1][2].axis("off")
+    ax = axes[1][2]
+    fg = res.get("floor_gate")
+    if fg:
+        from bench.floor import GATE_STEPS
+        steps = GATE_STEPS[1:]
+        cases = sorted(fg)
+        x = range(len(cases))
+        w = 0.8 / len(steps)
+        for j, st in enumerate(steps):
+            ax.bar([i - 0.4 + w * (j + 0.5) for i in x], [fg[c][st]["ratio"] for c in cases], w, label=st)
+        ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
+        ax.set_ylim(0.8, 1.02)
+        _label(ax, x, cases, "x kernel-only", "Floor of 'zones only for shared remotes' (100 B)")
+    else:
+        ax.axis("off")
     fig.suptitle("passthrough benchmarks (%s, kernel %s, %s CPUs)" % (res["meta"]["date"], res["meta"]["kernel"],
                                                                     res["meta"]["cpus"]))
     fig.tight_layout()
@@ -203,6 +217,7 @@ def main(argv=None):
             from bench import floor
             log("data-plane floor (classifier pieces on the kernel-only lab)")
             res["floor"] = floor.measure(kernel_run, work, seconds=seconds, reps=reps, log=log)
+            res["floor_gate"] = floor.measure_gate(kernel_run, work, seconds=seconds, reps=reps, log=log)
         if "latency" in parts:
             log("new-flow latency")
             res["latency"] = latency(kernel_run, pt_run, work, 100 if a.quick else 200)
