@@ -123,6 +123,7 @@ def _summary(raw, steps):
 
 
 def _tc_gate(ns, devs, on):
+    """The tc_bpf step: CONTROL_BPF (compiled by tcpdump) on the ingress of `devs`, or nothing."""
     for dev in devs:
         B.nsexec(ns, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
         if on:
