@@ -33,6 +33,9 @@ from bench import dataplane as D
 
 TABLE = "pt_floor"
 ZONE = 4242
+# passthrough's steer hook when no queued packet waits for its zone: one mark test.
+STEER_CHAIN = ["\tchain steer {", "\t\ttype filter hook prerouting priority -250; policy accept;",
+               "\t\tmeta mark & 0x20000000 == 0 accept", "\t}"]
 
 
 def _ruleset(step, lan_dev, key_elems):
@@ -56,10 +59,7 @@ def _ruleset(step, lan_dev, key_elems):
         out.append('\t\tiifname "%s" jump c' % lan_dev)
     out.append("\t}")
     if step == "steer":
-        out.append("\tchain steer {")
-        out.append("\t\ttype filter hook prerouting priority -250; policy accept;")
-        out.append("\t\tmeta mark & 0x20000000 == 0 accept")
-        out.append("\t}")
+        out.extend(STEER_CHAIN)
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -95,10 +95,7 @@ def _gate_ruleset(step, lan_dev, wan_dev):
         out.append("\t\tudp sport 1701 goto l2tp_ctl")
     out.append("\t}")
     if step == "gate_shared":
-        out.append("\tchain steer {")
-        out.append("\t\ttype filter hook prerouting priority -250; policy accept;")
-        out.append("\t\tmeta mark & 0x20000000 == 0 accept")
-        out.append("\t}")
+        out.extend(STEER_CHAIN)
     out.append("}")
     return "\n".join(out) + "\n"
 
