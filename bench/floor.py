@@ -121,13 +121,14 @@ def _summary(raw, steps):
 
 def _tc_gate(ns, devs, on):
     """The tc_bpf step: CONTROL_BPF (compiled by tcpdump) on the ingress of `devs`, or nothing."""
+    if on:
+        code = subprocess.run(["tcpdump", "-ddd", CONTROL_BPF], capture_output=True, text=True, check=True)
+        bytecode = ",".join(code.stdout.split("\n")).strip(",")
     for dev in devs:
         B.nsexec(ns, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
         if on:
-            code = subprocess.run(["tcpdump", "-ddd", CONTROL_BPF], capture_output=True, text=True, check=True)
             B.nsexec(ns, "tc", "qdisc", "add", "dev", dev, "clsact")
-            B.nsexec(ns, "tc", "filter", "add", "dev", dev, "ingress", "bpf", "bytecode",
-                     ",".join(code.stdout.split("\n")).strip(","), "classid", "1:1")
+            B.nsexec(ns, "tc", "filter", "add", "dev", dev, "ingress", "bpf", "bytecode", bytecode, "classid", "1:1")
 
 
 def measure_gate(kernel_run, workdir, seconds=1.0, reps=3, log=print):
