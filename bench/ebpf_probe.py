@@ -47,18 +47,17 @@ def build(workdir):
 
 def entries(lab, learned):
     """(key, value) bytes of struct key / struct out (vpn_fast.c) for the six learned flows."""
-    def ifindex(dev):
-        return json.loads(B.nsexec(lab.router, "ip", "-j", "link", "show", dev).stdout)[0]["ifindex"]
-
     def mac(ns, dev):
         return bytes.fromhex(B.mac_of(ns, dev).replace(":", ""))
 
     def u32(n):
         return n.to_bytes(4, sys.byteorder)
 
-    up_out = (socket.inet_aton(B.wan_ip()) + u32(ifindex("wan")) + mac(lab.router, "wan") + mac(lab.server, "eth0")
+    ifindex = {dev: json.loads(B.nsexec(lab.router, "ip", "-j", "link", "show", dev).stdout)[0]["ifindex"]
+               for dev in PORTS}
+    up_out = (socket.inet_aton(B.wan_ip()) + u32(ifindex["wan"]) + mac(lab.router, "wan") + mac(lab.server, "eth0")
               + u32(0))
-    down_out = (socket.inet_aton(lab.lan_ip(0)) + u32(ifindex("br-lan")) + mac(lab.router, "br-lan")
+    down_out = (socket.inet_aton(lab.lan_ip(0)) + u32(ifindex["br-lan"]) + mac(lab.router, "br-lan")
                 + mac(lab.lan_hosts[0], "eth0") + u32(1))
     ids = {("natt", "up"): D.SPI_NATT.to_bytes(4, "big"), ("esp", "up"): D.SPI_ESP.to_bytes(4, "big"),
            ("l2tp", "up"): learned["l2tp_peer_tid"].to_bytes(2, "big") + b"\0\0",
@@ -67,7 +66,7 @@ def entries(lab, learned):
     out = []
     for (flow, direction), ident in sorted(ids.items()):
         src, port, val = (lab.lan_ip(0), "br-lan", up_out) if direction == "up" else (lab.server_ip(0), "wan", down_out)
-        out.append((u32(ifindex(port)) + socket.inet_aton(src) + ident + u32(PROTO[flow]), val))
+        out.append((u32(ifindex[port]) + socket.inet_aton(src) + ident + u32(PROTO[flow]), val))
     return out
 
 
