@@ -29,6 +29,7 @@ DEFAULTS = {
     "log_level": "info",
     "control_socket": "/var/run/passthrough.sock",
     "queue_backend": "auto",
+    "offload": "auto",
 }
 
 BOOL_OPTIONS = ("enabled", "l2tp_passthrough", "ipsec_passthrough", "pptp_passthrough")
@@ -51,6 +52,7 @@ INT_OPTIONS = {
 CHOICE_OPTIONS = {
     "log_level": ("debug", "info", "notice", "warning", "err", "error"),
     "queue_backend": ("auto", "nft", "iptables"),
+    "offload": ("auto", "bpf", "off"),  # BPF fast path for learned data flows (nat/bpf.py)
 }
 STR_OPTIONS = ("lan_device", "wan_device", "control_socket")
 TRUE_WORDS = ("1", "yes", "on", "true", "enabled")

@@ -168,6 +168,9 @@ class Daemon:
         self.errors = 0
         self.readers = []
         self.fail_open = None
+        self.offloader = None
+        self.offload_note = "not started"
+
 
     # --- setup / teardown -----------------------------------------------------------------------
     def start(self):
@@ -183,10 +186,68 @@ class Daemon:
             kept = self.kernel.adopt_or_install(backend)
             if kept:
                 self._adopt()
+        self._start_offload()
         self._bind_queues()
         self._open_control()
 
+    # --- BPF offload (nat/bpf.py) --------------------------------------------------------------------
+    def _start_offload(self):
+        """Attach the BPF fast path for learned data flows, if wanted and possible. Its map
+        starts empty: flows are offloaded again from conntrack, which a restart keeps."""
+        self._stop_offload()
+        mode = self.cfg.offload
+        if mode == "off" or not self.cfg.enabled:
+            self.offload_note = "off (option offload '%s', enabled '%d')" % (mode, self.cfg.enabled)
+            self._detach_leftover()
+            return
+        try:
+            from nat import bpf
+            if self.lan_ifindex is None or self.wan_ifindex is None:
+                raise bpf.OffloadError("LAN or WAN device missing")
+            self.offloader = bpf.Offloader(self.cfg, self.lan_ifindex, self.wan_ifindex)
+        except Exception as e:  # noqa: BLE001 - any failure means: stay on the nft path
+            self.offloader = None
+            self.offload_note = "unavailable: %s" % e
+            if mode == "bpf":
+                raise KernelError("offload 'bpf': %s" % e)
+            log.info("BPF offload unavailable, data stays on the nft path: %s", e)
+            self._detach_leftover()
+            return
+        self.offload_note = "on"
+        log.info("BPF offload on: %s (ingress of %s, %s)", self.offloader.prog.path, self.cfg.lan_device,
+                 self.cfg.wan_device)
+
+    def _stop_offload(self):
+        if self.offloader is not None:
+            try:
+                self.offloader.close()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.exception("detaching the BPF offload")
+            self.offloader = None
+
+    def _detach_leftover(self):
+        """A killed daemon's program would keep carrying flows nobody refreshes: remove it."""
+        try:
+            from nat import bpf
+            for ifindex in (self.lan_ifindex, self.wan_ifindex):
+                if ifindex is not None and bpf.detach(ifindex):
+                    log.info("removed a BPF offload program left on ifindex %d", ifindex)
+        except Exception as e:  # noqa: BLE001 - no libbpf: nothing can have been attached by us
+            log.debug("no BPF offload to remove: %s", e)
+
+    def _offload_sync(self, now):
+        if self.offloader is None:
+            return
+        try:
+            added, deleted = self.offloader.sync(self.engine.flows.flows.values(), now)
+            if added or deleted:
+                log.debug("offload: %d entries added, %d deleted", added, deleted)
+        except Exception:  # noqa: BLE001 - the nft path carries on without it
+            self.errors += 1
+            log.exception("BPF offload sync")
+
     def _resolve_devices(self, quiet=False):
+        changed = False
         for attr, name in (("lan_ifindex", self.cfg.lan_device), ("wan_ifindex", self.cfg.wan_device)):
             old = getattr(self, attr)
             try:
@@ -198,7 +259,10 @@ class Daemon:
             else:
                 if quiet and old != getattr(self, attr):
                     log.info("device %s is now ifindex %d (was %s)", name, getattr(self, attr), old)
+            changed = changed or old != getattr(self, attr)
         self._resolved_at = self._now()
+        if changed and self.offload_note != "not started":
+            self._start_offload()  # the old device took our filter with it; keys hold ifindexes
 
     def _indev_unknown(self):
         """A queued packet came in on an ifindex that is neither LAN nor WAN: the classify rules
@@ -270,6 +334,7 @@ class Daemon:
         # Fast path goes (nothing left to learn it), policy stays: a stopped daemon must not
         # turn a switched-off family back on (fail-closed). `passthrough flush` removes it.
         if not keep_kernel:
+            self._stop_offload()
             self.kernel.remove(keep_policy=True)
         if self.ctl is not None:
             self.ctl.close()
@@ -350,8 +415,15 @@ class Daemon:
             "pending": len(self.engine.pending), "hosts": self.engine.zone_hosts(), "stats": self.engine.stats,
             "errors": self.errors, "op_failures": self.op_failures,
             "queue_overruns": sum(r.enobufs for r in self.readers), "queue_fail_open": self.fail_open, "uptime": round(time.time() - self.started, 1),
-            "config": self.config_path,
+            "config": self.config_path, "offload": self._offload_status(),
         }
+
+    def _offload_status(self):
+        if self.offloader is None:
+            return {"active": False, "note": self.offload_note}
+        st = self.offloader.status()
+        st["active"] = True
+        return st
 
     def reload(self):
         try:
@@ -368,6 +440,8 @@ class Daemon:
             self.kernel.cfg = new
             if structural:
                 log.warning("queue/zone/socket options changed: restart the service to apply them")
+            if self.offloader is not None:
+                self.offloader.set_policy(new)  # the BPF path stops carrying switched-off families first
             if not new.enabled:
                 self.kernel.remove()
             elif not old.enabled:
@@ -377,6 +451,9 @@ class Daemon:
                 self.kernel.reload_chains(new)
             ops, off = self.engine.set_config(new)
             self._apply(ops)
+            if (new.enabled, new.offload) != (old.enabled, old.offload):
+                self._start_offload()
+            self._offload_sync(self._now())
             zones = [z for z in self.engine.zones.by_zone]
             cut = {}
             for fam in off:
@@ -395,17 +472,27 @@ class Daemon:
         return {"ok": True, "switched_off": off, "conntrack_deleted": cut, "ms": round(ms, 1)}
 
     def _refresh_counters(self):
-        """Fold the kernel's per-key packet counters (fast-path packets) into the flows."""
+        """Fold the kernel's per-key packet counters (nft maps and BPF entries: packets the
+        daemon never sees) into the flows; refresh conntrack entries of offloaded flows."""
         flows = self.engine.flows
+        counts = {}
         for name, kinds in ((mapping.IKE_ZONE, ("ike",)), (mapping.ESP_ZONE, ("esp", "natt")),
                             (mapping.L2TP_ZONE, ("l2tp",))):
             for key, _, packets, _ in self.kernel.map_elements(name):
                 for kind in kinds:
                     f = flows.get(kind, key[0], key[1])
                     if f is not None:
-                        if packets > f.kernel_packets:
-                            f.last_seen = self._now()  # traffic the daemon never sees keeps it alive
-                        f.kernel_packets = packets
+                        counts[f] = packets
+        if self.offloader is not None:
+            carried = self.offloader.refresh(flows.flows.values(), self._now())
+            for f in flows.flows.values():
+                inbound = self.offloader.inbound_key(f)
+                if inbound is not None:
+                    counts[f] = counts.get(f, 0) + carried.get(inbound, 0)
+        for f in counts:
+            if counts[f] != f.kernel_packets:
+                f.last_seen = self._now()  # traffic the daemon never sees keeps it alive
+            f.kernel_packets = counts[f]
 
     # --- main loop -------------------------------------------------------------------------------
     def run(self):
@@ -465,6 +552,7 @@ class Daemon:
             if now >= next_expire:
                 next_expire = now + EXPIRE_EVERY
                 self._apply(self.engine.expire(now))
+                self._offload_sync(now)
         log.info("stopping")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything passthrough's lab demo and tests need on Debian 12 (run as root):
-# Debian packages (nftables, conntrack, strongSwan, xl2tpd, tshark, ...) and a virtualenv in
+# Debian packages (nftables, conntrack, strongSwan, xl2tpd, tshark, clang for the BPF offload, ...) and a virtualenv in
 # .venv with the package itself, netfilterqueue, scapy, pytest, hypothesis and MicroPython.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ fi
 PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetlink-dev
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd
-      qemu-system-x86 netsniff-ng"
+      qemu-system-x86 netsniff-ng clang libbpf-dev libbpf1"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -25,6 +25,8 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
+# The BPF offload program (nat/bpf/offload.c), loaded by the daemon with libbpf.
+make -s -C nat/bpf
 # strongSwan's packaged charon must not run on the host itself: the lab starts its own.
 systemctl disable --now strongswan-starter >/dev/null 2>&1 || true
 systemctl disable --now xl2tpd >/dev/null 2>&1 || true

@@ -1,0 +1,323 @@
+"""BPF offload, the I/O shell: loads nat/bpf/offload.o with libbpf (ctypes; no bpftool, no tc
+binary), attaches its two programs to tc ingress of the LAN and WAN ports, keeps the flow map
+in step with nat/offload.py's plan, and keeps conntrack entries of carried flows alive (nat/ctnetlink.py).
+
+Needs a kernel with tc BPF (cls_bpf, clsact; OpenWrt: kmod-sched-bpf), bpf_fib_lookup (4.18+),
+libbpf >= 0.6 and Ethernet ports. Without them the daemon stays on the nft path (option
+offload 'auto') or refuses to start (offload 'bpf').
+"""
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import shutil
+import subprocess
+
+from nat import offload as plan
+from nat.ctnetlink import Conntrack
+
+log = logging.getLogger("passthrough.bpf")
+
+# Where the object is looked for: the OpenWrt package installs it to /usr/lib/passthrough, a
+# source checkout builds it next to its source (make -C nat/bpf).
+OBJECT_PATHS = ("/usr/lib/passthrough/offload.o",
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "offload.o"))
+TC_HANDLE = 0x7074   # "pt": how our filters are told from others on the same hook
+TC_PRIORITY = 1      # first; returns TC_ACT_UNSPEC for what it does not carry, so later filters run
+BPF_TC_INGRESS = 1
+BPF_TC_F_REPLACE = 1
+BPF_ANY = 0
+ARPHRD_ETHER = 1
+
+
+class OffloadError(RuntimeError):
+    pass
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
+                ("parent", ctypes.c_uint32)]
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32)]
+
+
+def _libbpf():
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as e:
+        raise OffloadError("libbpf not found (%s): install libbpf1 (OpenWrt: libbpf)" % e)
+    vp, ci, cvp = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p
+    sig = {
+        "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
+        "bpf_object__load": (ci, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_program__fd": (ci, [vp]),
+        "bpf_map__fd": (ci, [vp]),
+        "bpf_map_update_elem": (ci, [ci, cvp, cvp, ctypes.c_uint64]),
+        "bpf_map_lookup_elem": (ci, [ci, cvp, cvp]),
+        "bpf_map_delete_elem": (ci, [ci, cvp]),
+        "bpf_map_get_next_key": (ci, [ci, cvp, cvp]),
+        "bpf_tc_hook_create": (ci, [ctypes.POINTER(_TcHook)]),
+        "bpf_tc_attach": (ci, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+        "bpf_tc_detach": (ci, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+        "libbpf_num_possible_cpus": (ci, []),
+        "libbpf_set_print": (vp, [vp]),
+    }
+    for fn in sig:
+        try:
+            f = getattr(lib, fn)
+        except AttributeError:
+            raise OffloadError("libbpf lacks %s (need libbpf >= 0.6)" % fn)
+        f.restype, f.argtypes = sig[fn]
+    return lib
+
+
+def _err(rc):
+    """libbpf returns -errno (or NULL with errno set)."""
+    n = -rc if rc and rc < 0 else ctypes.get_errno()
+    return "%s (errno %d)" % (os.strerror(n), n)
+
+
+def find_object():
+    env = os.environ.get("PASSTHROUGH_BPF_OBJECT")
+    for path in ((env,) if env else ()) + OBJECT_PATHS:
+        if os.path.isfile(path):
+            return path
+    raise OffloadError("BPF object not found (looked in %s; build it: make -C nat/bpf)"
+                       % ", ".join(((env,) if env else ()) + OBJECT_PATHS))
+
+
+def device_is_ethernet(name):
+    try:
+        with open("/sys/class/net/%s/type" % name) as f:
+            return int(f.read().strip()) == ARPHRD_ETHER
+    except (OSError, ValueError):
+        return False
+
+
+class Map:
+    def __init__(self, lib, fd, key_size, val_size):
+        self.lib, self.fd, self.key_size, self.val_size = lib, fd, key_size, val_size
+
+    def update(self, key, val, flags=BPF_ANY):
+        rc = self.lib.bpf_map_update_elem(self.fd, key, val, flags)
+        if rc:
+            raise OffloadError("BPF map update: %s" % _err(rc))
+
+    def delete(self, key):
+        return self.lib.bpf_map_delete_elem(self.fd, key) == 0
+
+    def lookup(self, key):
+        buf = ctypes.create_string_buffer(self.val_size)
+        if self.lib.bpf_map_lookup_elem(self.fd, key, buf):
+            return None
+        return buf.raw
+
+    def keys(self):
+        out = []
+        cur = None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while self.lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
+            out.append(nxt.raw)
+            cur = ctypes.create_string_buffer(nxt.raw, self.key_size)
+        return out
+
+    def items(self):
+        out = {}
+        for k in self.keys():
+            v = self.lookup(k)
+            if v is not None:
+                out[k] = v
+        return out
+
+
+class OffloadProgram:
+    """The loaded object and its tc attachments."""
+
+    def __init__(self, path=None):
+        self.lib = _libbpf()
+        self.path = path or find_object()
+        self.lib.libbpf_set_print(None)  # its messages go to stderr; errors are reported here
+        self.obj = self.lib.bpf_object__open_file(self.path.encode(), None)
+        if not self.obj:
+            raise OffloadError("cannot open %s: %s" % (self.path, _err(0)))
+        rc = self.lib.bpf_object__load(self.obj)
+        if rc:
+            self.close()
+            raise OffloadError("kernel refused the BPF programs of %s: %s" % (self.path, _err(rc)))
+        self.ncpu = max(1, self.lib.libbpf_num_possible_cpus())
+        self.flows = self._map("offload_flows", plan.KEY_SIZE, plan.VAL_SIZE)
+        self.policy = self._map("offload_policy", 4, 4)
+        self.stats = self._map("offload_stats", 4, 8 * self.ncpu)
+        self.attached = []  # ifindexes
+
+    def _map(self, name, ks, vs):
+        m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
+        if not m:
+            raise OffloadError("%s has no map %s" % (self.path, name))
+        return Map(self.lib, self.lib.bpf_map__fd(m), ks, vs)
+
+    def _hook_opts(self, ifindex, prog_fd=0, flags=0):
+        hook = _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_INGRESS, 0)
+        opts = _TcOpts(ctypes.sizeof(_TcOpts), prog_fd, flags, 0, TC_HANDLE, TC_PRIORITY)
+        return hook, opts
+
+    def attach(self, ifindex, prog_name):
+        prog = self.lib.bpf_object__find_program_by_name(self.obj, prog_name.encode())
+        if not prog:
+            raise OffloadError("%s has no program %s" % (self.path, prog_name))
+        hook, opts = self._hook_opts(ifindex, self.lib.bpf_program__fd(prog), BPF_TC_F_REPLACE)
+        rc = self.lib.bpf_tc_hook_create(ctypes.byref(hook))
+        if rc and rc != -errno.EEXIST:  # another tool's clsact is fine: we share it
+            raise OffloadError("tc clsact on ifindex %d: %s" % (ifindex, _err(rc)))
+        # REPLACE: a program left by a killed daemon is swapped atomically, no gap.
+        rc = self.lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+        if rc:
+            raise OffloadError("tc BPF filter on ifindex %d: %s" % (ifindex, _err(rc)))
+        if ifindex not in self.attached:
+            self.attached.append(ifindex)
+
+    def detach_all(self):
+        for ifindex in self.attached:
+            detach(ifindex, self.lib)
+        self.attached = []
+
+    def set_policy(self, bits):
+        self.policy.update(b"\0\0\0\0", bits.to_bytes(4, "little" if plan._HOST == "<" else "big"))
+
+    def stat_counts(self):
+        out = {}
+        for i, name in enumerate(plan.STATS):
+            raw = self.stats.lookup(i.to_bytes(4, "little" if plan._HOST == "<" else "big")) or b""
+            out[name] = sum(int.from_bytes(raw[j:j + 8], "little" if plan._HOST == "<" else "big")
+                            for j in range(0, len(raw), 8))
+        return out
+
+    def close(self):
+        if self.obj:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = None
+
+
+def detach(ifindex, lib=None):
+    """Remove our filter from a port (whoever loaded it). True if one was there."""
+    lib = lib or _libbpf()
+    hook = _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_INGRESS, 0)
+    opts = _TcOpts(ctypes.sizeof(_TcOpts), 0, 0, 0, TC_HANDLE, TC_PRIORITY)
+    return lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)) == 0
+
+
+class Offloader:
+    """Keeps the flow map in step with the engine's flows and conntrack (see nat/offload.py)."""
+
+    def __init__(self, cfg, lan_if, wan_if, program=None):
+        for dev in (cfg.lan_device, cfg.wan_device):
+            if not device_is_ethernet(dev):
+                raise OffloadError("%s is not an Ethernet device (PPP, tunnel, missing): the program "
+                                   "rewrites Ethernet headers" % dev)
+        if not shutil.which("conntrack"):
+            raise OffloadError("the conntrack tool is missing (carried flows' entries must be refreshed)")
+        self.cfg = cfg
+        self.ct = Conntrack()
+        self.prog = program or OffloadProgram()
+        self.plan = plan.OffloadPlan(lan_if, wan_if)
+        self.installed = {}  # key -> value config (counters stripped)
+        self.lan_if, self.wan_if = lan_if, wan_if
+        self.errors = 0
+        self.refreshed = 0
+        self.set_policy(cfg)
+        self.prog.attach(wan_if, "offload_wan")
+        self.prog.attach(lan_if, "offload_lan")
+
+    def set_policy(self, cfg):
+        """Families switched off stop being carried at once (their packets meet the policy
+        drops in the stack), before their entries are deleted."""
+        self.cfg = cfg
+        self.prog.set_policy(plan.policy_bits(cfg))
+
+    def close(self):
+        self.prog.detach_all()
+        self.prog.close()
+        self.ct.close()
+
+    # --- sync ---------------------------------------------------------------------------------------
+    def sync(self, flows, now):
+        """Offload what conntrack has accepted, drop what is gone. Returns (added, deleted)."""
+        flows = list(flows)
+        for zone, pairs in self.plan.pending(flows, now).items():
+            entries = plan.parse_conntrack(self._conntrack(["-L", "-w", str(zone)]))
+            for pair in self.plan.learn(pairs, entries, now):
+                t = self.plan.trans[pair]
+                log.info("offloading %s %s:%d <-> %s:%d (zone %d) as %s:%d", "udp" if pair[1] == 17 else "esp",
+                         pair[2], pair[3], pair[4], pair[5], zone, t[0], t[1])
+        return self._install(self.plan.desired(flows))
+
+    def _install(self, want):
+        dels, adds = plan.diff(self.installed, want)
+        for k in dels:
+            self.prog.flows.delete(k)
+            self.installed.pop(k, None)
+        for k, v in adds:
+            try:
+                self.prog.flows.update(k, v)
+            except OffloadError as e:
+                self.errors += 1
+                log.warning("%s (entry left to the nft path)", e)
+                continue
+            self.installed[k] = plan.val_config(v)
+        return len(adds), len(dels)
+
+    def inbound_key(self, flow):
+        """The key of a flow's inbound entry (None while not offloaded)."""
+        pair = plan.flow_pair(flow)
+        t = self.plan.trans.get(pair) if pair is not None else None
+        if t is None:
+            return None
+        return plan.flow_entries(flow, t[0], t[1], self.lan_if, self.wan_if)[1][0]
+
+    def counters(self):
+        """{key: packets} of the installed entries."""
+        out = {}
+        for k in self.installed:
+            raw = self.prog.flows.lookup(k)
+            if raw is not None:
+                out[k] = plan.val_counters(raw)[0]
+        return out
+
+    def refresh(self, flows, now):
+        """Refresh conntrack entries of pairs that carried packets; a pair whose entry is gone
+        (flushed, expired) goes back to the stack. Returns {key: packets}."""
+        flows = list(flows)
+        counts = self.counters()
+        gone = False
+        for pair in self.plan.refresh_due(flows, counts):
+            proto, orig = self.plan.trans[pair][2]
+            try:
+                there = self.ct.set_timeout(proto, orig, pair[0], self.cfg.udp_timeout)
+            except OSError as e:
+                self.errors += 1
+                log.warning("refreshing conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
+                continue
+            if not there:
+                log.info("conntrack entry of %s <-> %s (zone %d) is gone: back to the stack", pair[2], pair[4], pair[0])
+                self.plan.forget(pair)
+                gone = True
+            else:
+                self.refreshed += 1
+        if gone:
+            self._install(self.plan.desired(flows))
+        return counts
+
+    def _conntrack(self, args):
+        return subprocess.run(["conntrack"] + args, capture_output=True, text=True).stdout
+
+    def status(self):
+        return {"entries": len(self.installed), "pairs": len(self.plan.trans), "conntrack_refreshed": self.refreshed,
+                "errors": self.errors, "program": self.prog.stat_counts(), "object": self.prog.path}
