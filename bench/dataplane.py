@@ -1,11 +1,15 @@
-"""Data plane: plain kernel NAT (the lab's masquerade only) vs passthrough active.
+"""Data plane: plain kernel NAT (the lab's masquerade only) vs passthrough active, as shipped
+(option offload 'auto': learned flows carried by the BPF program, nat/bpf/offload.c) and with
+offload 'off' (the nft path: zones per packet).
 
 trafgen (netsniff-ng) blasts one static frame per case from a LAN host (up) or from the server
 (down) for a fixed window; the receiving namespace counts and drops the frames in a prerouting
 chain (nft counter). trafgen runs on one CPU (-P 1): with veth the whole forwarding path runs in
 the sender's softirq context, so the received rate is the per-packet cost of the router path.
-The passthrough case first learns each flow with the lab client (SPI / tunnel id in the kernel
-maps), and checks afterwards that the blast was not queued (daemon stats 'queued' unchanged).
+The passthrough cases first learn each flow with the lab client (SPI / tunnel id in the kernel
+maps; with offload, wait until the program carries them) and check afterwards that the blast was
+not queued (daemon stats 'queued' unchanged); with offload, that the program carried every
+received packet (its 'carried' counter), so the number is the BPF path's and not the stack's.
 """
 import os
 import subprocess
@@ -82,6 +86,23 @@ def blast(run, frame, direction, seconds, workdir, warmup=0.3):
     return {"pps": round(pps), "mbps": round(pps * ip_bytes * 8 / 1e6, 1)}
 
 
+def offload_status(run):
+    from passthrough.cli import ask
+    return ask(run.control, "stats")["summary"]["offload"]
+
+
+def wait_offloaded(run, pairs=3, timeout=10.0):
+    """With offload active, wait until the learned flows are carried by the program."""
+    if not offload_status(run)["active"]:
+        return False
+    deadline = time.monotonic() + timeout
+    while offload_status(run)["pairs"] < pairs:
+        if time.monotonic() > deadline:
+            raise RuntimeError("flows not offloaded within %.0f s: %s" % (timeout, offload_status(run)))
+        time.sleep(0.2)
+    return True
+
+
 def queued(run):
     if run.daemon is None:
         return None
@@ -89,51 +110,71 @@ def queued(run):
     return ask(run.control, "stats")["summary"]["stats"]["queued"]
 
 
-def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3, log=print):
-    """Two labs side by side: `kernel_run` has only the lab masquerade (no daemon, no
-    passthrough tables), `pt_run` runs the daemon. Each case is blasted in both labs in
-    alternating order, so background load hits both modes alike; medians are reported."""
+def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3, log=print, nft_run=None):
+    """Labs side by side: `kernel_run` has only the lab masquerade (no daemon, no passthrough
+    tables), `pt_run` runs the daemon as shipped, `nft_run` (optional) the daemon with offload
+    'off'. Each case is blasted in every lab in rotating order, so background load hits all
+    modes alike; medians are reported."""
     flows = ("natt", "esp", "l2tp")
+    runs = {"kernel": kernel_run, "passthrough": pt_run}
+    if nft_run is not None:
+        runs["nft_path"] = nft_run
+    modes = sorted(runs, key=("kernel", "passthrough", "nft_path").index)
+    daemons = [m for m in modes if m != "kernel"]
     raw = []
     q_total = 0
+    offloaded = {}
     for size in sizes:
-        learned = {"kernel": learn(kernel_run), "passthrough": learn(pt_run)}
-        q0 = queued(pt_run)
-        fr = {"kernel": frames(kernel_run, learned["kernel"], size),
-              "passthrough": frames(pt_run, learned["passthrough"], size)}
-        runs = {"kernel": kernel_run, "passthrough": pt_run}
+        learned = dict((m, learn(runs[m])) for m in modes)
+        for m in daemons:
+            offloaded[m] = wait_offloaded(runs[m])
+        q0 = dict((m, queued(runs[m])) for m in daemons)
+        fr = dict((m, frames(runs[m], learned[m], size)) for m in modes)
         for flow in flows:
             for direction in ("up", "down"):
                 for rep in range(reps):
-                    order = ("kernel", "passthrough") if rep % 2 == 0 else ("passthrough", "kernel")
+                    order = modes[rep % len(modes):] + modes[:rep % len(modes)]
                     for mode in order:
+                        c0 = offload_status(runs[mode])["program"]["carried"] if offloaded.get(mode) else None
                         res = blast(runs[mode], fr[mode][(flow, direction)], direction, seconds, workdir)
+                        if c0 is not None:
+                            res["carried"] = offload_status(runs[mode])["program"]["carried"] - c0
+                            if res["carried"] < res["pps"] * seconds:
+                                raise RuntimeError("%s %s %s: the program carried %d packets, the receiver got %d/s: "
+                                                   "not the BPF path" % (mode, flow, direction, res["carried"], res["pps"]))
                         res.update(rep=rep, mode=mode, size=size, flow=flow, direction=direction)
                         raw.append(res)
                         log("  dataplane %-11s %-4s %-4s %4d B rep %d: %8d pkt/s %8.1f Mbit/s" % (
                             mode, flow, direction, size, rep, res["pps"], res["mbps"]))
-        q_total += queued(pt_run) - q0
-    summary = summarize(raw, sizes, flows)
+        q_total += sum(queued(runs[m]) - q0[m] for m in daemons)
+    summary = summarize(raw, sizes, flows, modes)
     summary["queued_during_blast"] = q_total
+    summary["offload"] = offloaded.get("passthrough", False)
     return summary, raw
 
 
-def summarize(raw, sizes, flows):
+def summarize(raw, sizes, flows, modes=("kernel", "passthrough")):
     rows = []
     for size in sizes:
         for flow in flows:
             for direction in ("up", "down"):
                 row = {"flow": flow, "direction": direction, "size": size}
-                for mode in ("kernel", "passthrough"):
+                for mode in modes:
                     vals = [r for r in raw if r.get("mode") == mode and r.get("flow") == flow
                             and r.get("size") == size and r.get("direction") == direction]
                     row[mode + "_pps"] = round(B.median([r["pps"] for r in vals]))
                     row[mode + "_mbps"] = round(B.median([r["mbps"] for r in vals]), 1)
                     row[mode + "_pps_all"] = [r["pps"] for r in vals]
                 row["ratio"] = round(row["passthrough_pps"] / float(row["kernel_pps"]), 3)
+                if "nft_path" in modes:
+                    row["nft_path_ratio"] = round(row["nft_path_pps"] / float(row["kernel_pps"]), 3)
                 rows.append(row)
-    return {"rows": rows, "min_ratio": min(r["ratio"] for r in rows),
-            "median_ratio": round(B.median([r["ratio"] for r in rows]), 3), "target": 0.95}
+    out = {"rows": rows, "min_ratio": min(r["ratio"] for r in rows),
+           "median_ratio": round(B.median([r["ratio"] for r in rows]), 3), "target": 0.95}
+    if "nft_path" in modes:
+        out["nft_path_min_ratio"] = min(r["nft_path_ratio"] for r in rows)
+        out["nft_path_median_ratio"] = round(B.median([r["nft_path_ratio"] for r in rows]), 3)
+    return out
 
 
 def tool_check():

@@ -113,8 +113,14 @@ def plot(res, path):
         rows = dp["rows"]
         labels = ["%s %s\n%dB" % (r["flow"], r["direction"], r["size"]) for r in rows]
         x = range(len(rows))
-        ax.bar([i - 0.2 for i in x], [r["kernel_pps"] / 1000.0 for r in rows], 0.4, label="kernel NAT only")
-        ax.bar([i + 0.2 for i in x], [r["passthrough_pps"] / 1000.0 for r in rows], 0.4, label="passthrough")
+        nft = "nft_path_pps" in rows[0]
+        w = 0.27 if nft else 0.4
+        ax.bar([i - w for i in x] if nft else [i - 0.2 for i in x], [r["kernel_pps"] / 1000.0 for r in rows], w,
+               label="kernel NAT only")
+        ax.bar(list(x) if nft else [i + 0.2 for i in x], [r["passthrough_pps"] / 1000.0 for r in rows], w,
+               label="passthrough (BPF offload)" if dp.get("offload") else "passthrough")
+        if nft:
+            ax.bar([i + w for i in x], [r["nft_path_pps"] / 1000.0 for r in rows], w, label="passthrough, offload off")
         for i, r in zip(x, rows):
             ax.text(i, r["passthrough_pps"] / 1000.0, "%.2f" % r["ratio"], ha="center", va="bottom", fontsize=7)
         _label(ax, x, labels, "kpkt/s (one sender CPU)", "Data plane forwarding (ratio above bars; target 0.95)",
@@ -204,15 +210,19 @@ def main(argv=None):
     res["meta"].update(seconds=seconds, reps=reps)
     work = "/tmp/passthrough-bench"
     os.makedirs(work, exist_ok=True)
-    kernel_run = pt_run = None
+    kernel_run = pt_run = nft_run = None
     try:
         if any(p in parts for p in ("dataplane", "floor", "latency", "control")):
             kernel_run = LabRun(prefix="pt-bk-", workdir=os.path.join(work, "kernel")).up(start_daemon=False)
             pt_run = LabRun(prefix="pt-bp-", workdir=os.path.join(work, "pt")).up()
         if "dataplane" in parts:
             from bench import dataplane
+            nft_run = LabRun(prefix="pt-bn-", workdir=os.path.join(work, "nft")).up(offload="off")
             log("data plane (trafgen, %.1f s windows, %d reps)" % (seconds, reps))
-            res["dataplane"], raw = dataplane.measure(kernel_run, pt_run, work, seconds=seconds, reps=reps, log=log)
+            res["dataplane"], raw = dataplane.measure(kernel_run, pt_run, work, seconds=seconds, reps=reps, log=log,
+                                                      nft_run=nft_run)
+            nft_run.down()
+            nft_run = None
         if "floor" in parts:
             from bench import floor
             log("data-plane floor (classifier pieces on the kernel-only lab)")
@@ -226,7 +236,7 @@ def main(argv=None):
             log("control path (NFQUEUE flood)")
             res["control"] = control.measure(pt_run, work, seconds=max(2.0, seconds), reps=max(1, min(reps, 2)), log=log)
     finally:
-        for r in (pt_run, kernel_run):
+        for r in (nft_run, pt_run, kernel_run):
             if r is not None:
                 r.down()
     if "memory" in parts:
@@ -252,6 +262,9 @@ def targets(res):
         t["dataplane_ratio_min"] = res["dataplane"]["min_ratio"]
         t["dataplane_ratio_median"] = res["dataplane"]["median_ratio"]
         t["dataplane_met"] = res["dataplane"]["min_ratio"] >= 0.95
+        t["dataplane_offload"] = res["dataplane"].get("offload", False)
+        if "nft_path_min_ratio" in res["dataplane"]:
+            t["dataplane_nft_path_ratio_min"] = res["dataplane"]["nft_path_min_ratio"]
     if "control" in res:
         t["control_ratio_min"] = res["control"]["min_ratio"]
         t["control_met"] = res["control"]["min_ratio"] >= 0.5

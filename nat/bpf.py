@@ -1,5 +1,5 @@
 """BPF offload, the I/O shell: loads nat/bpf/offload.o with libbpf (ctypes; no bpftool, no tc
-binary), attaches its two programs to tc ingress of the LAN and WAN ports, keeps the flow map
+binary), attaches its program to tc ingress of the LAN and WAN ports, keeps the flow map
 in step with nat/offload.py's plan, and keeps conntrack entries of carried flows alive (nat/ctnetlink.py).
 
 Needs a kernel with tc BPF (cls_bpf, clsact; OpenWrt: kmod-sched-bpf), bpf_fib_lookup (4.18+),
@@ -28,6 +28,7 @@ TC_PRIORITY = 1      # first; returns TC_ACT_UNSPEC for what it does not carry, 
 BPF_TC_INGRESS = 1
 BPF_TC_F_REPLACE = 1
 BPF_ANY = 0
+ZONE_LOOKUPS = 8  # conntrack reads per sync: many pending flows cost seconds of latency, not CPU
 ARPHRD_ETHER = 1
 
 
@@ -86,12 +87,13 @@ def _err(rc):
 
 
 def find_object():
+    """$PASSTHROUGH_BPF_OBJECT if set (and only it), else the first of OBJECT_PATHS."""
     env = os.environ.get("PASSTHROUGH_BPF_OBJECT")
-    for path in ((env,) if env else ()) + OBJECT_PATHS:
+    paths = (env,) if env else OBJECT_PATHS
+    for path in paths:
         if os.path.isfile(path):
             return path
-    raise OffloadError("BPF object not found (looked in %s; build it: make -C nat/bpf)"
-                       % ", ".join(((env,) if env else ()) + OBJECT_PATHS))
+    raise OffloadError("BPF object not found (looked in %s; build it: make -C nat/bpf)" % ", ".join(paths))
 
 
 def device_is_ethernet(name):
@@ -233,8 +235,8 @@ class Offloader:
         self.errors = 0
         self.refreshed = 0
         self.set_policy(cfg)
-        self.prog.attach(wan_if, "offload_wan")
-        self.prog.attach(lan_if, "offload_lan")
+        self.prog.attach(wan_if, "offload")
+        self.prog.attach(lan_if, "offload")
 
     def set_policy(self, cfg):
         """Families switched off stop being carried at once (their packets meet the policy
@@ -251,7 +253,9 @@ class Offloader:
     def sync(self, flows, now):
         """Offload what conntrack has accepted, drop what is gone. Returns (added, deleted)."""
         flows = list(flows)
-        for zone, pairs in self.plan.pending(flows, now).items():
+        pending = self.plan.pending(flows, now)
+        for zone in list(pending)[:ZONE_LOOKUPS]:
+            pairs = pending[zone]
             entries = plan.parse_conntrack(self._conntrack(["-L", "-w", str(zone)]))
             for pair in self.plan.learn(pairs, entries, now):
                 t = self.plan.trans[pair]
@@ -280,7 +284,7 @@ class Offloader:
         t = self.plan.trans.get(pair) if pair is not None else None
         if t is None:
             return None
-        return plan.flow_entries(flow, t[0], t[1], self.lan_if, self.wan_if)[1][0]
+        return self.plan.entries(flow, pair, t)[1][0]
 
     def counters(self):
         """{key: packets} of the installed entries."""

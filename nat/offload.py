@@ -3,12 +3,15 @@ map entries that say how. Pure and MicroPython-compatible; nat/bpf.py is the I/O
 
 A flow is offloaded only once conntrack holds a replied entry for it in the host's zone: the
 firewall has accepted it and NAT has chosen its translation, which the entries copy (the
-program never decides anything conntrack has not). Per flow two entries:
-- outbound, keyed by (LAN port, LAN host, remote, ports, protocol): rewrite the source to the
-  translated WAN address and port;
-- inbound, keyed by (WAN port, remote, WAN address, ports, protocol, ESP SPI / L2TP tunnel id):
-  rewrite the destination back to the host. The id is what tells apart two hosts that share a
-  server with the same ports (each in its own zone).
+program never decides anything conntrack has not). Per flow (one SA, one tunnel) two entries:
+- outbound, keyed by (LAN port, LAN host, remote, ports, protocol, outbound SPI / the LNS's
+  tunnel id): rewrite the source to the translated WAN address and port;
+- inbound, keyed by (WAN port, remote, WAN address, ports, protocol, inbound SPI / the host's
+  tunnel id): rewrite the destination back to the host.
+Inbound, the id tells apart two hosts that share a server with the same ports (each in its own
+zone). Outbound, it keeps a new SA (rekey) off the fast path until the daemon has seen its
+first packet: the daemon pairs the answering inbound SPI with it, which it could not do if the
+program carried every SA of a (host, server) pair.
 Carried packets skip conntrack, so the daemon refreshes the entries of active flows (nat/bpf.py)
 and drops the entries when the conntrack entry goes (policy flush, conntrack -F, expiry).
 """
@@ -63,17 +66,18 @@ def val_config(raw):
     return bytes(raw[:16])
 
 
-def flow_ident(flow):
-    """The inbound demux id bytes: ESP SPI, or L2TP tunnel id (first two bytes)."""
+def flow_ident(flow, key):
+    """Demux id bytes as the program reads them: ESP SPI, or L2TP tunnel id (first two bytes)."""
     if flow.kind == "l2tp":
-        return struct.pack(">H", flow.key) + b"\0\0"
-    return struct.pack(">I", flow.key)
+        return struct.pack(">H", key) + b"\0\0"
+    return struct.pack(">I", key)
 
 
 def flow_pair(flow):
     """(zone, protocol, lan_ip, lan_port, remote_ip, remote_port) of a flow the program can
-    carry, else None: IKE is control traffic, pending SAs have no inbound SPI yet."""
-    if flow.kind not in KIND_FAMILY or flow.key is None or flow.zone is None:
+    carry, else None: IKE is control traffic, pending SAs have no inbound SPI yet, a tunnel
+    has no outbound id before the LNS assigned one (SCCRP)."""
+    if flow.kind not in KIND_FAMILY or flow.key is None or flow.key_out is None or flow.zone is None:
         return None
     if flow.kind == "esp":
         return (flow.zone, IPPROTO_ESP, flow.lan_ip, 0, flow.remote_ip, 0)
@@ -151,9 +155,9 @@ def flow_entries(flow, wan_ip, wan_port, lan_if, wan_if):
     """The (key, value) pair of map entries that carry a flow both ways."""
     zone, proto, lan, lan_port, remote, remote_port = flow_pair(flow)
     family = KIND_FAMILY[flow.kind]
-    out_key = pack_key(lan_if, lan, remote, b"\0\0\0\0", lan_port, remote_port, proto)
+    out_key = pack_key(lan_if, lan, remote, flow_ident(flow, flow.key_out), lan_port, remote_port, proto)
     out_val = pack_val(wan_ip, wan_port, False, family, wan_if)
-    in_key = pack_key(wan_if, remote, wan_ip, flow_ident(flow), remote_port, wan_port, proto)
+    in_key = pack_key(wan_if, remote, wan_ip, flow_ident(flow, flow.key), remote_port, wan_port, proto)
     in_val = pack_val(lan, lan_port, True, family, lan_if)
     return [(out_key, out_val), (in_key, in_val)]
 
@@ -178,6 +182,7 @@ class OffloadPlan:
         self.trans = {}     # pair -> (wan_ip, wan_port, ct)
         self.tried = {}     # pair -> time of the last conntrack look without a result
         self.activity = {}  # pair -> carried packets (both ways) at the last refresh
+        self._entries = {}  # (pair, translation, kind, key) -> flow_entries (packing is the costly part)
 
     def pending(self, flows, now):
         """{zone: [pair]} of offloadable flows without a translation, not tried recently."""
@@ -204,10 +209,18 @@ class OffloadPlan:
                 got.append(pair)
         return got
 
+    def entries(self, f, pair, t):
+        memo = (pair, t, f.kind, f.key, f.key_out)
+        e = self._entries.get(memo)
+        if e is None:
+            e = self._entries[memo] = flow_entries(f, t[0], t[1], self.lan_if, self.wan_if)
+        return e
+
     def desired(self, flows):
         """{key: value} the map should hold; forgets translations no flow uses any more."""
         want = {}
         used = set()
+        memos = set()
         for f in flows:
             pair = flow_pair(f)
             if pair is None:
@@ -215,8 +228,12 @@ class OffloadPlan:
             used.add(pair)
             t = self.trans.get(pair)
             if t is not None:
-                for k, v in flow_entries(f, t[0], t[1], self.lan_if, self.wan_if):
+                memos.add((pair, t, f.kind, f.key, f.key_out))
+                for k, v in self.entries(f, pair, t):
                     want[k] = v
+        for memo in list(self._entries):
+            if memo not in memos:
+                del self._entries[memo]
         for table in (self.trans, self.tried, self.activity):
             for pair in list(table):
                 if pair not in used:
@@ -232,14 +249,14 @@ class OffloadPlan:
     def refresh_due(self, flows, counters):
         """Pairs that carried packets since the last call (their conntrack entries need a
         refresh), given counters {key: packets} of the installed entries."""
-        keys = {}  # pair -> its entries' keys (SAs of one pair share the outbound entry)
+        keys = {}  # pair -> its entries' keys (all SAs of the pair: one conntrack entry)
         for f in flows:
             pair = flow_pair(f)
             t = self.trans.get(pair) if pair is not None else None
             if t is None:
                 continue
             ks = keys.setdefault(pair, set())
-            for k, _ in flow_entries(f, t[0], t[1], self.lan_if, self.wan_if):
+            for k, _ in self.entries(f, pair, t):
                 ks.add(k)
         due = []
         for pair in keys:

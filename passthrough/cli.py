@@ -85,6 +85,14 @@ def cmd_status(args):
         ", ".join("%s=zone %s" % (h, z) for h, z in sorted(s.get("hosts", {}).items())) or "none"))
     print("  l2tp %s, ipsec %s, pptp %s" % tuple("on" if s.get(k) else "off" for k in (
         "l2tp_passthrough", "ipsec_passthrough", "pptp_passthrough")))
+    off = s.get("offload") or {}
+    if off.get("active"):
+        prog = off.get("program", {})
+        print("  BPF offload on: %d flow pairs, %d packets carried, %d to the stack (no route/neighbour %d, policy %d)" % (
+            off.get("pairs", 0), prog.get("carried", 0), prog.get("miss", 0) + prog.get("fib", 0) + prog.get("policy", 0)
+            + prog.get("other_port", 0), prog.get("fib", 0), prog.get("policy", 0)))
+    elif off:
+        print("  BPF offload %s" % off.get("note"))
     rows = [[str(f.get(c) if f.get(c) is not None else "-") for c in STATUS_COLUMNS] for f in flows]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(STATUS_COLUMNS)]
     print("  ".join(c.ljust(w) for c, w in zip(STATUS_COLUMNS, widths)))
@@ -109,6 +117,12 @@ def cmd_flush(args):
     except configmod.ConfigError:
         cfg = configmod.Config()
     Kernel(cfg).remove(keep_policy=False)
+    try:
+        from nat import bpf
+        for dev in (cfg.lan_device, cfg.wan_device):
+            bpf.detach(socket.if_nametoindex(dev))
+    except Exception:  # noqa: BLE001 - no libbpf or no device: nothing of ours is attached there
+        pass
     print("passthrough rules removed")
     return 0
 

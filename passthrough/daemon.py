@@ -400,7 +400,13 @@ class Daemon:
     def control(self, command):
         if command == "status":
             self._refresh_counters()
-            return {"ok": True, "flows": self.engine.status(self._now()), "summary": self.summary()}
+            rows = self.engine.status(self._now())
+            if self.offloader is not None:
+                carried = set((f.kind, f.remote_ip, f.key_text()) for f in self.engine.flows.flows.values()
+                              if self.offloader.inbound_key(f) is not None)
+                for r in rows:
+                    r["offloaded"] = (r["kind"], r["remote_ip"], r["key"]) in carried
+            return {"ok": True, "flows": rows, "summary": self.summary()}
         if command == "reload":
             return self.reload()
         if command == "stats":

@@ -4,10 +4,11 @@
 // netfilter and the IP stack (this kernel has no nft flowtable; the three prerouting hooks
 // cost 10-17 % of kernel-only forwarding, bench/README.md).
 //
-// One program per port: offload_lan (outbound: key is the 5-tuple, the LAN host is known by its
-// address and ports) and offload_wan (inbound: the 5-tuple alone cannot tell two LAN hosts apart
-// that share a server, so the key adds the ESP SPI or L2TP tunnel id). The entry says which
-// address and port to rewrite (the NAT conntrack chose) and which port the route must lead to.
+// The same program on both ports. The key is (ingress port, addresses, ports, protocol, ESP SPI
+// or L2TP tunnel id): inbound the 5-tuple alone cannot tell apart two LAN hosts that share a
+// server, and outbound the id keeps a new SA (rekey) or tunnel off the fast path until the
+// daemon has seen it (else it could never pair the answering SA). The entry says which address
+// and port to rewrite (the NAT conntrack chose) and which port the route must lead to.
 // Anything unusual goes on to the stack unchanged: IKE (UDP 500, 4500 with the non-ESP marker),
 // NAT-T keepalives, L2TP control (T bit), IP options, fragments, TTL <= 1, no route or
 // neighbour, a route to another port, packets over the MTU, and families the policy map says
@@ -46,7 +47,7 @@ struct offload_key {
 	__u32 ifindex;   // ingress port (host order)
 	__be32 saddr;
 	__be32 daddr;
-	__be32 id;       // inbound: ESP SPI, or L2TP tunnel id in the first two bytes; outbound: 0
+	__be32 id;       // ESP SPI, or L2TP tunnel id in the first two bytes
 	__be16 sport;    // 0 for ESP
 	__be16 dport;
 	__u8 proto;
@@ -67,6 +68,7 @@ struct offload_val {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);  // memory per learned flow, not 16384 entries up front
 	__type(key, struct offload_key);
 	__type(value, struct offload_val);
 } offload_flows SEC(".maps");
@@ -93,19 +95,20 @@ static __always_inline int count(__u32 what, int verdict)
 	return verdict;
 }
 
-static __always_inline int offload(struct __sk_buff *skb, int inbound)
+SEC("tc")
+int offload(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	if (data + PULL_LEN > end) {
 		// Headers partly in page fragments (AF_PACKET senders, GRO): pull them into the
-		// linear area direct access sees, as the IP stack does. Short packets fail: stack.
-		if (skb->len < PULL_LEN || bpf_skb_pull_data(skb, PULL_LEN))
+		// linear area direct access sees, as the IP stack does (all of a shorter packet).
+		if (bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN))
 			return TC_ACT_UNSPEC;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
-		if (data + PULL_LEN > end)
-			return TC_ACT_UNSPEC;
 	}
+	if (data + L4_OFF + 4 > end)  // up to an ESP SPI; UDP needs more, checked below
+		return TC_ACT_UNSPEC;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = data + IP_OFF;
 	__u8 *l4 = data + L4_OFF;
@@ -122,22 +125,27 @@ static __always_inline int offload(struct __sk_buff *skb, int inbound)
 	k.daddr = ip->daddr;
 	k.proto = ip->protocol;
 	if (ip->protocol == IPPROTO_ESP) {
-		if (inbound)
-			k.id = *(__be32 *)l4;
+		k.id = *(__be32 *)l4;
 	} else if (ip->protocol == IPPROTO_UDP) {
+		if ((void *)(payload + 4) > end)
+			return TC_ACT_UNSPEC;
 		k.sport = udp->source;
 		k.dport = udp->dest;
 		if (udp->source == bpf_htons(PORT_NATT) || udp->dest == bpf_htons(PORT_NATT)) {
 			__be32 spi = *(__be32 *)payload;
 			if (spi == 0 || bpf_ntohs(udp->len) <= sizeof(struct udphdr) + 8)
 				return TC_ACT_UNSPEC;  // IKE behind the non-ESP marker, keepalive, runt
-			if (inbound)
-				k.id = spi;
+			k.id = spi;
 		} else if (udp->source == bpf_htons(PORT_L2TP) || udp->dest == bpf_htons(PORT_L2TP)) {
 			if ((payload[0] & L2TP_T) || (payload[1] & L2TP_VER_MASK) != 2)
 				return TC_ACT_UNSPEC;  // control messages and L2TPv3 are the daemon's
-			if (inbound)
-				k.id = *(__be16 *)(payload + ((payload[0] & L2TP_L) ? 4 : 2));
+			if (payload[0] & L2TP_L) {
+				if ((void *)(payload + 6) > end)
+					return TC_ACT_UNSPEC;
+				k.id = *(__be16 *)(payload + 4);
+			} else {
+				k.id = *(__be16 *)(payload + 2);
+			}
 		} else {
 			return TC_ACT_UNSPEC;
 		}
@@ -197,18 +205,6 @@ static __always_inline int offload(struct __sk_buff *skb, int inbound)
 	bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0);
 	count(ST_CARRIED, 0);
 	return bpf_redirect(fib.ifindex, 0);
-}
-
-SEC("tc")
-int offload_lan(struct __sk_buff *skb)
-{
-	return offload(skb, 0);
-}
-
-SEC("tc")
-int offload_wan(struct __sk_buff *skb)
-{
-	return offload(skb, 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -19,10 +19,11 @@ garbage line = = =
 """
 
 
-def flow(kind, lan, remote, key, lan_port=None, remote_port=None, zone=4107):
+def flow(kind, lan, remote, key, lan_port=None, remote_port=None, zone=4107, key_out=None):
     f = Flow(kind, lan, remote, key, 0.0, zone)
     f.lan_port = f.wan_port = lan_port
     f.remote_port = remote_port
+    f.key_out = key_out if key_out is not None else (key + 0x100 if key is not None else None)
     return f
 
 
@@ -89,20 +90,24 @@ def test_translation_from_lan_and_from_wan_initiated_entries():
 def test_only_data_flows_with_keys_are_offloadable():
     assert O.flow_pair(flow("ike", "192.168.1.10", "203.0.113.2", 1, 500, 500)) is None
     assert O.flow_pair(flow("natt", "192.168.1.10", "203.0.113.2", None, 4500, 4500)) is None
+    no_lns_tid = flow("l2tp", "192.168.1.10", "203.0.113.2", 5, 1701, 1701)
+    no_lns_tid.key_out = None  # before SCCRP
+    assert O.flow_pair(no_lns_tid) is None
     assert O.flow_pair(flow("l2tp", "192.168.1.10", "203.0.113.2", 5)) is None  # ports unknown
     assert O.flow_pair(flow("esp", "192.168.1.10", "203.0.113.2", 9)) == (4107, 50, "192.168.1.10", 0, "203.0.113.2", 0)
 
 
-def test_entries_rewrite_source_out_and_destination_in_with_demux_id():
-    f = flow("l2tp", "192.168.1.10", "203.0.113.2", 0x0102, 1701, 1701)
+def test_entries_rewrite_source_out_and_destination_in_with_demux_ids():
+    f = flow("l2tp", "192.168.1.10", "203.0.113.2", 0x0102, 1701, 1701, key_out=0x0304)
     (ok, ov), (ik, iv) = O.flow_entries(f, "203.0.113.1", 1701, 3, 4)
-    assert ok == O.pack_key(3, "192.168.1.10", "203.0.113.2", b"\0\0\0\0", 1701, 1701, 17)
+    assert ok == O.pack_key(3, "192.168.1.10", "203.0.113.2", b"\x03\x04\0\0", 1701, 1701, 17)
     assert ov == O.pack_val("203.0.113.1", 1701, False, "l2tp", 4)
     assert ik == O.pack_key(4, "203.0.113.2", "203.0.113.1", b"\x01\x02\0\0", 1701, 1701, 17)
     assert iv == O.pack_val("192.168.1.10", 1701, True, "l2tp", 3)
-    e = flow("esp", "192.168.1.10", "203.0.113.2", 0xAABBCCDD)
-    ik = O.flow_entries(e, "203.0.113.1", 0, 3, 4)[1][0]
+    e = flow("esp", "192.168.1.10", "203.0.113.2", 0xAABBCCDD, key_out=0x11223344)
+    (ok, _), (ik, _) = O.flow_entries(e, "203.0.113.1", 0, 3, 4)
     assert ik[12:16] == b"\xaa\xbb\xcc\xdd" and ik[16:20] == b"\0\0\0\0" and ik[20] == 50
+    assert ok[12:16] == b"\x11\x22\x33\x44"  # a rekeyed SA's new outbound SPI misses: the daemon sees it
 
 
 def test_policy_bits_follow_toggles():
@@ -127,9 +132,9 @@ def test_plan_learns_installs_retries_and_forgets():
     assert p.pending(flows, 11.0) == {}  # b waits for the retry interval
     assert p.pending(flows, 12.5) == {4108: [O.flow_pair(b)]}
     want = p.desired(flows)
-    assert len(want) == 3  # one shared outbound entry + two inbound SPIs
+    assert len(want) == 4  # both SAs of the pair, each both ways
     dels, adds = O.diff({}, want)
-    assert dels == [] and len(adds) == 3
+    assert dels == [] and len(adds) == 4
     installed = dict((k, O.val_config(v)) for k, v in adds)
     assert O.diff(installed, want) == ([], [])
     # Counters: activity since the last refresh makes a pair due, once.
@@ -142,7 +147,7 @@ def test_plan_learns_installs_retries_and_forgets():
     # The conntrack entry went: its entries go, the pair is looked up again.
     p.forget(O.flow_pair(a))
     dels, adds = O.diff(installed, p.desired(flows))
-    assert len(dels) == 3 and adds == []
+    assert len(dels) == 4 and adds == []
     assert O.flow_pair(a) in p.pending(flows, 20.0)[4107]
     # Flows gone: translations and retry marks go with them.
     p.learn([O.flow_pair(a)], entries, 20.0)
