@@ -21,6 +21,8 @@ SPI_NATT = 0x51000
 SPI_ESP = 0x52000
 L2TP_TID = 4711
 L2TP_SESSION = 7
+OTHER_PORT = 5000  # plain UDP that is no VPN: what passthrough's hooks cost everybody else
+VPN_FLOWS = ("natt", "esp", "l2tp")
 STEP = 0x1000  # the lab responder answers with SPI + STEP
 
 
@@ -54,6 +56,10 @@ def frames(run, learned, size):
     out[("esp", "down")] = down(50, B.esp_payload(SPI_ESP + STEP, 1, size, False))
     out[("l2tp", "up")] = up(17, B.udp(lan, srv, 1701, 1701, B.l2tp_data(learned["l2tp_peer_tid"], L2TP_SESSION, size)))
     out[("l2tp", "down")] = down(17, B.udp(srv, wan, 1701, 1701, B.l2tp_data(L2TP_TID, L2TP_SESSION, size)))
+    # Not learned: the up blast (first) makes the conntrack entry the down blast answers.
+    other = B.pad_to(b"", size, 28)
+    out[("other", "up")] = up(17, B.udp(lan, srv, OTHER_PORT, OTHER_PORT, other))
+    out[("other", "down")] = down(17, B.udp(srv, wan, OTHER_PORT, OTHER_PORT, other))
     return out
 
 
@@ -115,7 +121,7 @@ def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3,
     tables), `pt_run` runs the daemon as shipped, `nft_run` (optional) the daemon with offload
     'off'. Each case is blasted in every lab in rotating order, so background load hits all
     modes alike; medians are reported."""
-    flows = ("natt", "esp", "l2tp")
+    flows = VPN_FLOWS + ("other",)
     runs = {"kernel": kernel_run, "passthrough": pt_run}
     if nft_run is not None:
         runs["nft_path"] = nft_run
@@ -135,7 +141,8 @@ def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3,
                 for rep in range(reps):
                     order = modes[rep % len(modes):] + modes[:rep % len(modes)]
                     for mode in order:
-                        c0 = offload_status(runs[mode])["program"]["carried"] if offloaded.get(mode) else None
+                        c0 = offload_status(runs[mode])["program"]["carried"] \
+                            if offloaded.get(mode) and flow != "other" else None
                         res = blast(runs[mode], fr[mode][(flow, direction)], direction, seconds, workdir)
                         if c0 is not None:
                             res["carried"] = offload_status(runs[mode])["program"]["carried"] - c0
@@ -169,11 +176,17 @@ def summarize(raw, sizes, flows, modes=("kernel", "passthrough")):
                 if "nft_path" in modes:
                     row["nft_path_ratio"] = round(row["nft_path_pps"] / float(row["kernel_pps"]), 3)
                 rows.append(row)
-    out = {"rows": rows, "min_ratio": min(r["ratio"] for r in rows),
-           "median_ratio": round(B.median([r["ratio"] for r in rows]), 3), "target": 0.95}
+    vpn = [r for r in rows if r["flow"] in VPN_FLOWS]  # the target is about VPN data
+    other = [r for r in rows if r["flow"] not in VPN_FLOWS]
+    out = {"rows": rows, "min_ratio": min(r["ratio"] for r in vpn),
+           "median_ratio": round(B.median([r["ratio"] for r in vpn]), 3), "target": 0.95}
+    if other:
+        out["other_min_ratio"] = min(r["ratio"] for r in other)
     if "nft_path" in modes:
-        out["nft_path_min_ratio"] = min(r["nft_path_ratio"] for r in rows)
-        out["nft_path_median_ratio"] = round(B.median([r["nft_path_ratio"] for r in rows]), 3)
+        out["nft_path_min_ratio"] = min(r["nft_path_ratio"] for r in vpn)
+        out["nft_path_median_ratio"] = round(B.median([r["nft_path_ratio"] for r in vpn]), 3)
+        if other:
+            out["nft_path_other_min_ratio"] = min(r["nft_path_ratio"] for r in other)
     return out
 
 

@@ -263,8 +263,9 @@ def targets(res):
         t["dataplane_ratio_median"] = res["dataplane"]["median_ratio"]
         t["dataplane_met"] = res["dataplane"]["min_ratio"] >= 0.95
         t["dataplane_offload"] = res["dataplane"].get("offload", False)
-        if "nft_path_min_ratio" in res["dataplane"]:
-            t["dataplane_nft_path_ratio_min"] = res["dataplane"]["nft_path_min_ratio"]
+        for k in ("nft_path_min_ratio", "other_min_ratio", "nft_path_other_min_ratio"):
+            if k in res["dataplane"]:
+                t["dataplane_" + k] = res["dataplane"][k]
     if "control" in res:
         t["control_ratio_min"] = res["control"]["min_ratio"]
         t["control_met"] = res["control"]["min_ratio"] >= 0.5

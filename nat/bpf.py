@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
+import time
 
 from nat import offload as plan
 from nat.ctnetlink import Conntrack
@@ -78,6 +80,10 @@ def _libbpf():
             raise OffloadError("libbpf lacks %s (need libbpf >= 0.6)" % fn)
         f.restype, f.argtypes = sig[fn]
     return lib
+
+
+def _u32(n):
+    return n.to_bytes(4, sys.byteorder)  # array keys and values: host order
 
 
 def _err(rc):
@@ -192,14 +198,17 @@ class OffloadProgram:
         self.attached = []
 
     def set_policy(self, bits):
-        self.policy.update(b"\0\0\0\0", bits.to_bytes(4, "little" if plan._HOST == "<" else "big"))
+        self.policy.update(_u32(0), _u32(bits))
+
+    def set_candidate_mark(self, bit):
+        """The mark bit the program sets on packets that may be VPN and go on to the stack."""
+        self.policy.update(_u32(1), _u32(bit))
 
     def stat_counts(self):
         out = {}
         for i, name in enumerate(plan.STATS):
-            raw = self.stats.lookup(i.to_bytes(4, "little" if plan._HOST == "<" else "big")) or b""
-            out[name] = sum(int.from_bytes(raw[j:j + 8], "little" if plan._HOST == "<" else "big")
-                            for j in range(0, len(raw), 8))
+            raw = self.stats.lookup(_u32(i)) or b""
+            out[name] = sum(int.from_bytes(raw[j:j + 8], sys.byteorder) for j in range(0, len(raw), 8))
         return out
 
     def close(self):
@@ -233,8 +242,10 @@ class Offloader:
         self.installed = {}  # key -> value config (counters stripped)
         self.lan_if, self.wan_if = lan_if, wan_if
         self.errors = 0
+        self._warn_after = 0.0
         self.refreshed = 0
         self.set_policy(cfg)
+        self.prog.set_candidate_mark(cfg.steer_mark_bit)
         self.prog.attach(wan_if, "offload")
         self.prog.attach(lan_if, "offload")
 
@@ -272,8 +283,12 @@ class Offloader:
             try:
                 self.prog.flows.update(k, v)
             except OffloadError as e:
+                # Map full (max_flows above its 16384 entries) or out of memory: the flow stays
+                # on the nft path; said once a minute, not once a second.
                 self.errors += 1
-                log.warning("%s (entry left to the nft path)", e)
+                if time.monotonic() >= self._warn_after:
+                    self._warn_after = time.monotonic() + 60.0
+                    log.warning("%s: flows beyond it stay on the nft path (%d failures so far)", e, self.errors)
                 continue
             self.installed[k] = plan.val_config(v)
         return len(adds), len(dels)

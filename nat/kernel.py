@@ -99,6 +99,7 @@ class Kernel:
         self.nft = nft or Nft()
         self.backend = None
         self.iptables = _iptables()
+        self.prefilter = False  # the BPF offload marks VPN candidates (nftables.render_fastpath)
 
     # --- capability detection -----------------------------------------------------------------
     def detect_backend(self):
@@ -144,7 +145,7 @@ class Kernel:
     # --- install / remove ----------------------------------------------------------------------
     def install(self, backend):
         self.backend = backend
-        self.nft.check(nftx.replace_table("ip", nftx.TABLE, nftx.render_fastpath(self.cfg, backend)),
+        self.nft.check(nftx.replace_table("ip", nftx.TABLE, nftx.render_fastpath(self.cfg, backend, self.prefilter)),
                        "installing fast-path table")
         self._install_policy_and_queue_rule()
 
@@ -179,7 +180,7 @@ class Kernel:
         Chains the kernel has but the new layout lacks (a table kept from an older version)
         are deleted, so no stale base chain stays hooked."""
         self.cfg = cfg
-        body = nftx.render_fastpath(cfg, self.backend)
+        body = nftx.render_fastpath(cfg, self.backend, self.prefilter)
         have = self._chain_names()
         if have is None:
             have = [n for n in nftx.FASTPATH_CHAINS]

@@ -214,16 +214,30 @@ class Daemon:
             self._detach_leftover()
             return
         self.offload_note = "on"
+        self._set_prefilter(True)
         log.info("BPF offload on: %s (ingress of %s, %s)", self.offloader.prog.path, self.cfg.lan_device,
                  self.cfg.wan_device)
 
-    def _stop_offload(self):
+    def _stop_offload(self, chains=True):
         if self.offloader is not None:
+            if chains:
+                self._set_prefilter(False)  # before the program that marks packets goes
             try:
                 self.offloader.close()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.exception("detaching the BPF offload")
             self.offloader = None
+
+    def _set_prefilter(self, on):
+        """classify's first-rule shortcut relies on the program's marks (nftables.render_fastpath)."""
+        if self.kernel.prefilter == on:
+            return
+        self.kernel.prefilter = on
+        if self.cfg.enabled:
+            try:
+                self.kernel.reload_chains(self.cfg)
+            except KernelError as e:
+                log.error("switching the classify prefilter %s: %s", "on" if on else "off", e)
 
     def _detach_leftover(self):
         """A killed daemon's program would keep carrying flows nobody refreshes: remove it."""
@@ -334,7 +348,7 @@ class Daemon:
         # Fast path goes (nothing left to learn it), policy stays: a stopped daemon must not
         # turn a switched-off family back on (fail-closed). `passthrough flush` removes it.
         if not keep_kernel:
-            self._stop_offload()
+            self._stop_offload(chains=False)
             self.kernel.remove(keep_policy=True)
         if self.ctl is not None:
             self.ctl.close()

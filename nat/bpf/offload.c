@@ -30,6 +30,7 @@
 // UDP header + L2TP header up to a tunnel id behind the length field (RFC 2661 3.1)
 #define PULL_LEN (L4_OFF + sizeof(struct udphdr) + 6)
 
+#define PORT_IKE 500
 #define PORT_NATT 4500
 #define PORT_L2TP 1701
 #define L2TP_T 0x80     // control message
@@ -73,9 +74,11 @@ struct {
 	__type(value, struct offload_val);
 } offload_flows SEC(".maps");
 
+// [0]: FAMILY_* bits of the families whose passthrough is on; [1]: the mark bit for packets
+// that may be VPN and go on to the stack (0: none)
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } offload_policy SEC(".maps");
@@ -95,6 +98,20 @@ static __always_inline int count(__u32 what, int verdict)
 	return verdict;
 }
 
+// The stack's prerouting hooks (nat/nftables.py classify) need to look only at packets marked
+// here, when the daemon sets a mark bit (policy map index 1): everything that may be VPN and is
+// not carried. The rest (TCP, ICMP, other UDP) leaves their first rule at once.
+static __always_inline int to_stack(struct __sk_buff *skb, int maybe_vpn)
+{
+	if (maybe_vpn) {
+		__u32 one = 1;
+		__u32 *bit = bpf_map_lookup_elem(&offload_policy, &one);
+		if (bit && *bit)
+			skb->mark |= *bit;
+	}
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int offload(struct __sk_buff *skb)
 {
@@ -103,21 +120,23 @@ int offload(struct __sk_buff *skb)
 		// Headers partly in page fragments (AF_PACKET senders, GRO): pull them into the
 		// linear area direct access sees, as the IP stack does (all of a shorter packet).
 		if (bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN))
-			return TC_ACT_UNSPEC;
+			return to_stack(skb, 1);
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
 	}
-	if (data + L4_OFF + 4 > end)  // up to an ESP SPI; UDP needs more, checked below
-		return TC_ACT_UNSPEC;
 	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return to_stack(skb, 0);  // not IPv4: the ip family hooks never see it
+	if (data + L4_OFF + 4 > end)  // up to the UDP ports or an ESP SPI
+		return to_stack(skb, 1);
 	struct iphdr *ip = data + IP_OFF;
 	__u8 *l4 = data + L4_OFF;
 	struct udphdr *udp = (struct udphdr *)l4;
 	__u8 *payload = l4 + sizeof(struct udphdr);
 
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->ttl <= 1 ||
-	    (ip->frag_off & bpf_htons(0x3fff)))
-		return TC_ACT_UNSPEC;
+	// Options and fragments: the stack reassembles (before prerouting) and decides.
+	if (ip->ihl != 5 || ip->ttl <= 1 || (ip->frag_off & bpf_htons(0x3fff)))
+		return to_stack(skb, 1);
 
 	struct offload_key k = {};
 	k.ifindex = skb->ingress_ifindex;
@@ -127,39 +146,41 @@ int offload(struct __sk_buff *skb)
 	if (ip->protocol == IPPROTO_ESP) {
 		k.id = *(__be32 *)l4;
 	} else if (ip->protocol == IPPROTO_UDP) {
-		if ((void *)(payload + 4) > end)
-			return TC_ACT_UNSPEC;
 		k.sport = udp->source;
 		k.dport = udp->dest;
-		if (udp->source == bpf_htons(PORT_NATT) || udp->dest == bpf_htons(PORT_NATT)) {
+		int natt = udp->source == bpf_htons(PORT_NATT) || udp->dest == bpf_htons(PORT_NATT);
+		int l2tp = udp->source == bpf_htons(PORT_L2TP) || udp->dest == bpf_htons(PORT_L2TP);
+		if (!natt && !l2tp)
+			return to_stack(skb, udp->source == bpf_htons(PORT_IKE) || udp->dest == bpf_htons(PORT_IKE));
+		if ((void *)(payload + 4) > end)
+			return to_stack(skb, 1);
+		if (natt) {
 			__be32 spi = *(__be32 *)payload;
 			if (spi == 0 || bpf_ntohs(udp->len) <= sizeof(struct udphdr) + 8)
-				return TC_ACT_UNSPEC;  // IKE behind the non-ESP marker, keepalive, runt
+				return to_stack(skb, 1);  // IKE behind the non-ESP marker, keepalive, runt
 			k.id = spi;
-		} else if (udp->source == bpf_htons(PORT_L2TP) || udp->dest == bpf_htons(PORT_L2TP)) {
+		} else {
 			if ((payload[0] & L2TP_T) || (payload[1] & L2TP_VER_MASK) != 2)
-				return TC_ACT_UNSPEC;  // control messages and L2TPv3 are the daemon's
+				return to_stack(skb, 1);  // control messages and L2TPv3 are the daemon's
 			if (payload[0] & L2TP_L) {
 				if ((void *)(payload + 6) > end)
-					return TC_ACT_UNSPEC;
+					return to_stack(skb, 1);
 				k.id = *(__be16 *)(payload + 4);
 			} else {
 				k.id = *(__be16 *)(payload + 2);
 			}
-		} else {
-			return TC_ACT_UNSPEC;
 		}
 	} else {
-		return TC_ACT_UNSPEC;
+		return to_stack(skb, 0);
 	}
 
 	struct offload_val *v = bpf_map_lookup_elem(&offload_flows, &k);
 	if (!v)
-		return count(ST_MISS, TC_ACT_UNSPEC);
+		return count(ST_MISS, to_stack(skb, 1));
 	__u32 zero = 0;
 	__u32 *allowed = bpf_map_lookup_elem(&offload_policy, &zero);
 	if (!allowed || !(*allowed & v->family))
-		return count(ST_POLICY, TC_ACT_UNSPEC);
+		return count(ST_POLICY, to_stack(skb, 1));
 
 	// Route the translated packet: egress port, MACs, forwarding on, MTU.
 	struct bpf_fib_lookup fib = {};
@@ -171,9 +192,9 @@ int offload(struct __sk_buff *skb)
 	fib.ipv4_src = v->inbound ? ip->saddr : v->addr;
 	fib.ipv4_dst = v->inbound ? v->addr : ip->daddr;
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-		return count(ST_FIB, TC_ACT_UNSPEC);
+		return count(ST_FIB, to_stack(skb, 1));
 	if (fib.ifindex != v->oif)
-		return count(ST_OTHER_PORT, TC_ACT_UNSPEC);
+		return count(ST_OTHER_PORT, to_stack(skb, 1));
 
 	__u32 addr_off = IP_OFF + (v->inbound ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
 	__u32 port_off = L4_OFF + (v->inbound ? offsetof(struct udphdr, dest) : offsetof(struct udphdr, source));

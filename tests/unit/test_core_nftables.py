@@ -92,3 +92,14 @@ def test_render_ops():
         "add element ip passthrough esp_out_k { 192.168.1.10 . 0x00000005 }"
     assert N.render_op(("add", "zone_lan", (4097,), "192.168.1.10")) == \
         "add element ip passthrough zone_lan { 4097 : 192.168.1.10 }"
+
+
+def test_prefilter_only_with_the_offload_program():
+    cfg = Config({})
+    plain = chain(N.render_fastpath(cfg, "iptables"), "classify")
+    assert "meta mark" not in plain
+    pre = chain(N.render_fastpath(cfg, "iptables", prefilter=True), "classify").split("\n")
+    # first the mark test the program's marks make possible, then the bit cleared for the rules
+    assert pre[2].strip() == "meta mark & 0x20000000 == 0 accept", pre
+    assert pre[3].strip() == "meta mark set meta mark & 0xdfffffff", pre
+    assert "jump classify_out" in pre[4]
