@@ -7,6 +7,8 @@ kernel: a map like the daemon's esp_zone (key remote ip . SPI, value zone, per-e
         comment as the daemon writes it) filled with N elements in a scratch namespace of our
         own; the cost is the rise of the kernel's Slab + Percpu memory (/proc/meminfo), so it is
         an estimate (other activity on the machine adds noise; the larger N, the better).
+bpf:    the BPF offload's flow map (nat/bpf/offload.o loaded, not attached) filled with N entries,
+        measured the same way; an offloaded flow holds two entries (one per direction).
 """
 import gc
 import os
@@ -93,8 +95,38 @@ def kernel_bytes_per_element(n, ns="pt-b-mem", samples=3):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def bpf_bytes_per_entry(n=10000, samples=3):
+    from nat import bpf, offload
+    results = []
+    for _ in range(samples):
+        prog = bpf.OffloadProgram()
+        try:
+            val = offload.pack_val("203.0.113.1", 4500, False, "ipsec", 2)
+            keys = [offload.pack_key(1, "192.168.%d.%d" % ((i >> 8) & 255, i & 255), "203.0.113.2",
+                                     struct.pack("!I", 0x10000000 + i), 4500, 4500, 17) for i in range(n)]
+            time.sleep(0.5)
+            m0 = _meminfo()
+            for k in keys:
+                prog.flows.update(k, val)
+            time.sleep(0.5)
+            m1 = _meminfo()
+            results.append((m1 - m0) / float(n))
+        finally:
+            prog.close()
+        time.sleep(1.0)
+    return {"entries": n, "bytes_per_entry": round(B.median(results)), "samples": [round(x) for x in results],
+            "bytes_per_offloaded_flow": 2 * round(B.median(results))}
+
+
 def measure(sizes=(10000, 100000), log=print):
     out = {"engine": {}, "kernel": {}, "target_bytes": 1024}
+    try:
+        r = bpf_bytes_per_entry()
+        out["bpf"] = r
+        log("  memory BPF offload map %d entries: ~%d bytes/entry %s (2 per offloaded flow)" % (
+            r["entries"], r["bytes_per_entry"], r["samples"]))
+    except Exception as e:  # noqa: BLE001 - no libbpf / object: the rest still measures
+        log("  memory BPF offload map: not measured (%s)" % e)
     for n in sizes:
         for kind in ("ike", "esp"):
             r = engine_bytes_per_flow(n, kind)

@@ -154,7 +154,10 @@ def plot(res, path):
         knames = ["kernel map\n%s" % n for n in sorted(mem["kernel"], key=int)]
         kvals = [mem["kernel"][n]["bytes_per_element"] for n in sorted(mem["kernel"], key=int)]
         labels = ["engine\n" + n.replace("_", " ") for n in names] + knames
-        ax.bar(range(len(labels)), vals + kvals, color=["C0"] * len(vals) + ["C2"] * len(kvals))
+        bvals = [mem["bpf"]["bytes_per_offloaded_flow"]] if "bpf" in mem else []
+        labels += ["BPF offload\n2 entries"] * len(bvals)
+        ax.bar(range(len(labels)), vals + kvals + bvals,
+               color=["C0"] * len(vals) + ["C2"] * len(kvals) + ["C3"] * len(bvals))
         ax.axhline(1024, color="red", linestyle="--", linewidth=1, label="target 1 KiB/flow")
         _label(ax, range(len(labels)), labels, "bytes per flow", "Memory per tracked flow")
     ax = axes[0][2]
@@ -279,6 +282,8 @@ def targets(res):
         t["memory_engine_bytes_per_flow_max"] = worst
         t["memory_kernel_bytes_per_element_max"] = kern
         t["memory_met"] = worst <= 1024
+        if "bpf" in res["memory"]:
+            t["memory_bpf_bytes_per_offloaded_flow"] = res["memory"]["bpf"]["bytes_per_offloaded_flow"]
     return t
 
 
