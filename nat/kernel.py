@@ -99,7 +99,7 @@ class Kernel:
         self.nft = nft or Nft()
         self.backend = None
         self.iptables = _iptables()
-        self.prefilter = False  # the BPF offload marks VPN candidates (nftables.render_fastpath)
+        self.prefilter = None  # ifindexes where the BPF offload marks VPN candidates (nftables.render_fastpath)
 
     # --- capability detection -----------------------------------------------------------------
     def detect_backend(self):

@@ -78,7 +78,7 @@ def _vpn_to(chain, ipsec):
     return rules
 
 
-def render_fastpath(cfg, backend, prefilter=False):
+def render_fastpath(cfg, backend, prefilter=None):
     """The fast-path table. Per-packet cost matters: every VPN data packet crosses classify and
     steer, and on a retpoline kernel each nft expression costs 5-50 ns, a set lookup 50-100 ns
     (bench/README.md). So a known data packet does one map lookup in classify (key -> zone, then
@@ -88,10 +88,12 @@ def render_fastpath(cfg, backend, prefilter=False):
     packet. Measured in the lab (bench/run.py): the first layout, a mangle hook doing a map
     update per packet and a dozen `iifname` rules per chain, cost 30-40% of the kernel-only rate.
 
-    prefilter: the BPF offload program (nat/bpf/offload.c) is attached to both ports and sets
-    the steer bit on every packet that may be VPN and goes on to the stack. Classify then lets
-    everything else (TCP, ICMP, other UDP) go after one mark test instead of walking its
-    protocol rules, and clears the bit on the rest, whose rules set it again where needed.
+    prefilter: the ifindexes where the BPF offload program (nat/bpf/offload.c) is attached; it
+    sets the steer bit on every packet that may be VPN and goes on to the stack. Classify then
+    lets everything else (TCP, ICMP, other UDP) from those ports go after one mark test instead
+    of walking its protocol rules, and clears the bit on the rest, whose rules set it again
+    where needed. By ifindex, not name: a port re-created under the same name (PPPoE
+    reconnect) has no program until the daemon attaches one, and must not skip classify.
     """
     lan, wan = quote_dev(cfg.lan_device), quote_dev(cfg.wan_device)
     q = queue_stmt(cfg, backend)
@@ -116,7 +118,8 @@ def render_fastpath(cfg, backend, prefilter=False):
     out.append("\tchain classify {")
     out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
     if prefilter:
-        out.append("\t\tmeta mark & 0x%08x == 0 accept" % cfg.steer_mark_bit)
+        for ifindex in prefilter:
+            out.append("\t\tmeta iif %d meta mark & 0x%08x == 0 accept" % (ifindex, cfg.steer_mark_bit))
         out.append("\t\tmeta mark set meta mark & 0x%08x" % (0xFFFFFFFF ^ cfg.steer_mark_bit))
     out.append("\t\tiifname %s jump classify_out" % lan)
     out.append("\t\tiifname %s jump classify_in" % wan)

@@ -214,30 +214,31 @@ class Daemon:
             self._detach_leftover()
             return
         self.offload_note = "on"
-        self._set_prefilter(True)
+        self._set_prefilter((self.lan_ifindex, self.wan_ifindex))
         log.info("BPF offload on: %s (ingress of %s, %s)", self.offloader.prog.path, self.cfg.lan_device,
                  self.cfg.wan_device)
 
     def _stop_offload(self, chains=True):
         if self.offloader is not None:
             if chains:
-                self._set_prefilter(False)  # before the program that marks packets goes
+                self._set_prefilter(None)  # before the program that marks packets goes
             try:
                 self.offloader.close()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.exception("detaching the BPF offload")
             self.offloader = None
 
-    def _set_prefilter(self, on):
-        """classify's first-rule shortcut relies on the program's marks (nftables.render_fastpath)."""
-        if self.kernel.prefilter == on:
+    def _set_prefilter(self, ports):
+        """classify's first-rule shortcut relies on the program's marks on these ifindexes
+        (nftables.render_fastpath); None: no shortcut."""
+        if self.kernel.prefilter == ports:
             return
-        self.kernel.prefilter = on
+        self.kernel.prefilter = ports
         if self.cfg.enabled:
             try:
                 self.kernel.reload_chains(self.cfg)
             except KernelError as e:
-                log.error("switching the classify prefilter %s: %s", "on" if on else "off", e)
+                log.error("setting the classify prefilter to %s: %s", ports, e)
 
     def _detach_leftover(self):
         """A killed daemon's program would keep carrying flows nobody refreshes: remove it."""
@@ -571,6 +572,9 @@ class Daemon:
                     log.exception("reading kernel counters")
             if now >= next_expire:
                 next_expire = now + EXPIRE_EVERY
+                # A port re-created under its name (PPPoE reconnect) lost the offload program
+                # and has a new ifindex: notice it without waiting for one of its packets.
+                self._resolve_devices(quiet=True)
                 self._apply(self.engine.expire(now))
                 self._offload_sync(now)
         log.info("stopping")

@@ -4,7 +4,7 @@ import os
 import subprocess
 
 from passthrough.lab.harness import LabRun
-from passthrough.lab.topology import nsexec
+from passthrough.lab.topology import ROUTER_WAN_IP, nsexec
 
 
 @contextlib.contextmanager
@@ -39,3 +39,19 @@ def queue_counters(lab, queue_num=7100):
         if f and int(f[0]) == queue_num:
             return {"waiting": int(f[2]), "overflow_dropped": int(f[5]), "user_dropped": int(f[6]), "enqueued": int(f[7])}
     return {"waiting": 0, "overflow_dropped": 0, "user_dropped": 0, "enqueued": 0}
+
+
+def recreate_wan(lab):
+    """Delete and re-create the router's WAN veth (new ifindex, same name and addresses), as a
+    PPPoE reconnect does to pppoe-wan."""
+    r, s = lab.lab.router, lab.lab.server
+    nsexec(r, "ip", "link", "del", "wan")
+    subprocess.run(["ip", "link", "add", "wan", "netns", r, "type", "veth", "peer", "name", "eth0", "netns", s],
+                   check=True)
+    nsexec(r, "ip", "addr", "add", ROUTER_WAN_IP + "/24", "dev", "wan")
+    nsexec(r, "ip", "link", "set", "wan", "up")
+    for i in range(2):
+        nsexec(s, "ip", "addr", "add", lab.lab.server_ip(i) + "/24", "dev", "eth0")
+    nsexec(s, "ip", "link", "set", "eth0", "up")
+    for ns, dev in ((r, "wan"), (s, "eth0")):
+        nsexec(ns, "ethtool", "-K", dev, "tx", "off", check=False)

@@ -12,9 +12,9 @@ import pytest
 
 from passthrough.cli import ask
 from passthrough.lab.harness import wait_for
-from passthrough.lab.topology import ROUTER_WAN_IP, nsexec
+from passthrough.lab.topology import nsexec
 
-from labutil import queue_counters, running_lab, with_options  # noqa: E402
+from labutil import queue_counters, recreate_wan, running_lab, with_options  # noqa: E402
 
 pytestmark = pytest.mark.lab
 DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1",
@@ -166,22 +166,6 @@ def test_missing_device_is_a_warning(fresh):
     fresh.start_daemon()  # and at start-up: a warning, not a crash
     assert ask(fresh.control, "stats")["ok"]
     assert fresh.set_options(**DEFAULTS)["ok"]
-
-
-def recreate_wan(lab):
-    """Delete and re-create the router's WAN veth (new ifindex, same name and addresses), as a
-    PPPoE reconnect does to pppoe-wan."""
-    r, s = lab.lab.router, lab.lab.server
-    nsexec(r, "ip", "link", "del", "wan")
-    subprocess.run(["ip", "link", "add", "wan", "netns", r, "type", "veth", "peer", "name", "eth0", "netns", s],
-                   check=True)
-    nsexec(r, "ip", "addr", "add", ROUTER_WAN_IP + "/24", "dev", "wan")
-    nsexec(r, "ip", "link", "set", "wan", "up")
-    for i in range(2):
-        nsexec(s, "ip", "addr", "add", lab.lab.server_ip(i) + "/24", "dev", "eth0")
-    nsexec(s, "ip", "link", "set", "eth0", "up")
-    for ns, dev in ((r, "wan"), (s, "eth0")):
-        nsexec(ns, "ethtool", "-K", dev, "tx", "off", check=False)
 
 
 def test_wan_device_recreated_new_ifindex(fresh):

@@ -14,7 +14,7 @@ import pytest
 from passthrough.lab.harness import wait_for
 from passthrough.lab.topology import nsexec
 
-from labutil import running_lab, with_options  # noqa: E402
+from labutil import recreate_wan, running_lab, with_options  # noqa: E402
 
 pytestmark = pytest.mark.lab
 DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1", offload="auto")
@@ -208,6 +208,22 @@ def test_offload_off_detaches_and_stop_removes_the_program(fresh):
         assert our_filters(fresh, "wan") == [] and our_filters(fresh, "br-lan") == []
     finally:
         fresh.start_daemon()
+
+
+def test_recreated_wan_port_gets_the_program_again(fresh):
+    """A PPPoE-style reconnect: the WAN port vanishes with the program on it and comes back with
+    a new ifindex. Until the daemon notices (within a second) classify must not trust marks from
+    it; then the program is attached again and carries again."""
+    learn(fresh, "natt-esp", 0x6B000)
+    recreate_wan(fresh)
+    wait_for(lambda: len(our_filters(fresh, "wan")) == 1, 5, what="the program back on the new WAN port")
+    res = fresh.clients("natt-esp", [args(fresh, "natt-esp", 0x6B000 + h, count=20) for h in range(2)])
+    assert [r["replies"] for r in res] == [20, 20], res
+    learn(fresh, "natt-esp", 0x6B000)  # entries were keyed by the old ifindex: offloaded anew
+    c0 = offload(fresh)["program"]["carried"]
+    res = fresh.clients("natt-esp", [args(fresh, "natt-esp", 0x6B000 + h, count=50) for h in range(2)])
+    assert [r["replies"] for r in res] == [50, 50], res
+    assert offload(fresh)["program"]["carried"] - c0 >= 200
 
 
 def run_daemon_once(lab, env_extra, **opts):

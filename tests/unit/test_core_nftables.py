@@ -98,8 +98,10 @@ def test_prefilter_only_with_the_offload_program():
     cfg = Config({})
     plain = chain(N.render_fastpath(cfg, "iptables"), "classify")
     assert "meta mark" not in plain
-    pre = chain(N.render_fastpath(cfg, "iptables", prefilter=True), "classify").split("\n")
-    # first the mark test the program's marks make possible, then the bit cleared for the rules
-    assert pre[2].strip() == "meta mark & 0x20000000 == 0 accept", pre
-    assert pre[3].strip() == "meta mark set meta mark & 0xdfffffff", pre
-    assert "jump classify_out" in pre[4]
+    pre = chain(N.render_fastpath(cfg, "iptables", prefilter=(7, 9)), "classify").split("\n")
+    # first the mark test the program's marks make possible (only on the ports that carry the
+    # program, by ifindex), then the bit cleared for the rules
+    assert pre[2].strip() == "meta iif 7 meta mark & 0x20000000 == 0 accept", pre
+    assert pre[3].strip() == "meta iif 9 meta mark & 0x20000000 == 0 accept", pre
+    assert pre[4].strip() == "meta mark set meta mark & 0xdfffffff", pre
+    assert "jump classify_out" in pre[5]
