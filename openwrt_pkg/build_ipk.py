@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Build passthrough_<ver>_all.ipk and luci-app-passthrough_<ver>_all.ipk without the OpenWrt SDK.
+"""Build passthrough_<ver>_<arch>.ipk and luci-app-passthrough_<ver>_all.ipk without the OpenWrt SDK.
 
-    python3 openwrt_pkg/build_ipk.py OUTDIR [--epoch SECONDS] [--only NAME]
+    python3 openwrt_pkg/build_ipk.py OUTDIR [--epoch SECONDS] [--only NAME] [--arch ARCH]
 
 Format: what OpenWrt's scripts/ipkg-build writes (OpenWrt 24.10 and earlier; 25.12 moved to apk):
 a gzip-compressed tar holding ./debian-binary ("2.0\n"), ./data.tar.gz and ./control.tar.gz, in
 that order. opkg also reads the older Debian-style `ar` container; OpenWrt itself has written the
 tar.gz form for years, so that is what this writes (openwrt_pkg/ipk_install.py reads both).
 
-Reproducible: the same sources give the same bytes. Every tar entry gets the same mtime
-(SOURCE_DATE_EPOCH, else the time of the last git commit, else the newest source file), uid/gid 0
-named root, modes from the Makefile's install rules (never from the checkout's umask), entries
-sorted by name, GNU tar format; gzip streams carry mtime 0 and no file name. (Only the zlib
-version could change the compressed bytes, as with any gzip.)
+Reproducible: the same sources (and the same clang) give the same bytes. Every tar entry gets the
+same mtime (SOURCE_DATE_EPOCH, else the time of the last git commit, else the newest source file),
+uid/gid 0 named root, modes from the Makefile's install rules (never from the checkout's umask),
+entries sorted by name, GNU tar format; gzip streams carry mtime 0 and no file name. (Only the
+zlib version could change the compressed bytes, as with any gzip.)
 
 Single source of truth: name, version, release, license, dependencies, title, description,
 conffiles, prerm/postrm and the install layout (which file goes where with which mode) are read
@@ -23,6 +23,13 @@ default_postinst (SDK builds) does: run the uci-defaults, enable and (re)start t
 Python files shipped: the packages passthrough/ and nat/ (*.py only) into /usr/lib/passthrough,
 without passthrough/lab (the namespace test lab: needs scapy, strongSwan and network namespaces,
 nothing a router runs; `passthrough lab` is the only command that needs it) and without tests.
+
+The BPF offload program: what the Makefile's Build/Compile compiles with CompileBPF (OpenWrt's
+bpf.mk) from a source its Build/Prepare copies in (nat/bpf/offload.c), this compiles with the
+host's clang (-target bpfel or bpfeb after --arch: BPF bytecode differs only in byte order, which
+is also why the passthrough package is not "all" any more), strips the DWARF (llvm-strip
+--strip-debug, as bpf.mk does; BTF stays, libbpf needs it) and ships where the install rule puts
+it (/usr/lib/passthrough/offload.o). No clang: a clear error, no package.
 """
 import argparse
 import gzip
@@ -30,9 +37,11 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -41,6 +50,10 @@ LUCI_DIR = os.path.join(HERE, "luci-app-passthrough")
 PY_PACKAGES = ("passthrough", "nat")
 PY_EXCLUDE = ("passthrough/lab",)
 MODES = {"INSTALL_BIN": 0o755, "INSTALL_DATA": 0o644, "INSTALL_CONF": 0o600}
+DEFAULT_ARCH = "x86_64"  # the QEMU test router's; OpenWrt package arch names (opkg print-architecture)
+# Byte order of OpenWrt's package architectures: these are big-endian, every other one
+# (x86_64, i386_*, aarch64_*, arm_*, mipsel_*, mips64el_*, riscv64_*, loongarch64_*) little.
+BIG_ENDIAN_ARCHS = ("mips_", "mips64_", "powerpc_", "powerpc64_", "armeb_")
 
 
 class BuildError(Exception):
@@ -93,10 +106,11 @@ def block_fields(body):
 
 
 def depends(spec):
-    """OpenWrt DEPENDS -> control Depends: +pkg -> pkg; @SYMBOL (build-config only) dropped."""
+    """OpenWrt DEPENDS -> control Depends: +pkg -> pkg; @SYMBOL and $(VARIABLE) (build-config
+    only, e.g. $(BPF_DEPENDS) = @HAS_BPF_TOOLCHAIN) dropped."""
     out = []
     for tok in spec.split():
-        if tok.startswith("@"):
+        if tok.startswith(("@", "$(")):
             continue
         if tok.startswith("+"):
             tok = tok[1:]
@@ -151,9 +165,96 @@ def python_files(root, package):
     return sorted(out)
 
 
-def passthrough_tree(variables, defines):
+# --- the BPF object -----------------------------------------------------------------------------------
+def bpf_sources(defines):
+    """{object name in $(PKG_BUILD_DIR): repository path of its C source}: the objects Build/Compile
+    makes with $(call CompileBPF,$(PKG_BUILD_DIR)/X.c), the sources Build/Prepare copies there
+    from $(PT_SRC)."""
+    copied = {}
+    for raw in defines.get("Build/Prepare", []):
+        words = raw.split()
+        if len(words) == 3 and words[0] == "$(CP)" and words[1].startswith("$(PT_SRC)/") \
+                and words[2].rstrip("/") == "$(PKG_BUILD_DIR)":
+            rel = words[1][len("$(PT_SRC)/"):]
+            copied[os.path.basename(rel)] = rel
+    out = {}
+    for raw in defines.get("Build/Compile", []):
+        for src in re.findall(r"\$\(call CompileBPF,\$\(PKG_BUILD_DIR\)/([\w.-]+\.c)\s*\)", raw):
+            if src not in copied:
+                raise BuildError("Build/Compile compiles %s, which Build/Prepare does not copy from $(PT_SRC)" % src)
+            out[src[:-2] + ".o"] = copied[src]
+    return out
+
+
+def bpf_target(arch):
+    """clang's BPF target for an OpenWrt package architecture: bpfeb or bpfel."""
+    return "bpfeb" if arch.startswith(BIG_ENDIAN_ARCHS) else "bpfel"
+
+
+def _tool(names):
+    for n in names:
+        path = shutil.which(n)
+        if path:
+            return path
+    return None
+
+
+def clang_tools():
+    """(clang, llvm-strip or None): $CLANG / $LLVM_STRIP, else from PATH (also versioned names)."""
+    names = [os.environ["CLANG"]] if os.environ.get("CLANG") else ["clang"] + ["clang-%d" % v for v in range(20, 10, -1)]
+    clang = _tool(names)
+    if not clang:
+        raise BuildError("clang not found: the BPF offload program (nat/bpf/offload.c) is compiled with clang "
+                         "(Debian: apt-get install clang libbpf-dev; or set CLANG=/path/to/clang)")
+    version = re.match(r"clang(-\d+)?$", os.path.basename(clang))
+    version = (version.group(1) or "") if version else ""  # clang-14 -> llvm-strip-14
+    names = [os.environ["LLVM_STRIP"]] if os.environ.get("LLVM_STRIP") else ["llvm-strip" + version, "llvm-strip"]
+    return clang, _tool(names)
+
+
+def compile_bpf(src_rel, arch, warn=None):
+    """The bytes of src_rel (repository path) compiled for arch's byte order: clang -O2 -g with
+    the repository as working directory and its path mapped to '.', so no path of this checkout
+    ends up in the object (BTF line info names the source); then llvm-strip --strip-debug. The
+    uapi headers are the host's: asm/ from its multiarch directory, and when the target's byte
+    order is not the host's an asm/byteorder.h of our own, since the host's would declare the
+    host's bit-field order (the IP header's ihl/version nibbles would swap)."""
+    clang, strip = clang_tools()
+    target = bpf_target(arch)
+    with tempfile.TemporaryDirectory(prefix="pt-bpf-") as tmp:
+        incs = []
+        order = "big" if target == "bpfeb" else "little"
+        if order != sys.byteorder:
+            os.makedirs(os.path.join(tmp, "asm"))
+            with open(os.path.join(tmp, "asm", "byteorder.h"), "w") as f:
+                f.write("/* build_ipk.py: %s-endian BPF from a %s-endian host's uapi headers */\n"
+                        "#include <linux/byteorder/%s_endian.h>\n" % (order, sys.byteorder, order))
+            incs.append("-I" + tmp)
+        p = subprocess.run([clang, "-print-multiarch"], capture_output=True, text=True)
+        multiarch = p.stdout.strip() if p.returncode == 0 else ""
+        if multiarch and os.path.isdir("/usr/include/" + multiarch):
+            incs.append("-I/usr/include/" + multiarch)
+        out = os.path.join(tmp, "out.o")
+        cmd = [clang, "-O2", "-g", "-Wall", "-Werror", "-target", target, "-fdebug-prefix-map=%s=." % REPO] + incs + \
+            ["-c", src_rel, "-o", out]
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if p.returncode != 0:
+            hint = " (Debian: apt-get install libbpf-dev)" if "bpf/bpf_helpers.h' file not found" in p.stderr else ""
+            raise BuildError("compiling %s failed%s (%s): %s" % (src_rel, hint, " ".join(cmd),
+                                                                (p.stderr or p.stdout).strip()[-2000:]))
+        if strip:
+            p = subprocess.run([strip, "--strip-debug", out], capture_output=True, text=True)
+            if p.returncode != 0:
+                raise BuildError("%s --strip-debug failed: %s" % (strip, p.stderr.strip()))
+        elif warn:
+            warn("llvm-strip not found (Debian: apt-get install llvm): %s ships with its DWARF" % src_rel)
+        return _read(out)
+
+
+def passthrough_tree(variables, defines, arch=DEFAULT_ARCH, warn=None):
     """The data of the passthrough package, from Package/passthrough/install."""
     tree = Tree()
+    objects = bpf_sources(defines)
     body = defines.get("Package/%s/install" % variables["PKG_NAME"])
     if not body:
         raise BuildError("no Package/passthrough/install in the Makefile")
@@ -170,6 +271,11 @@ def passthrough_tree(variables, defines):
         if verb == "INSTALL_DIR":
             for a in args:
                 tree.add_dir(_dest(a))
+        elif verb in MODES and len(args) == 2 and args[0].startswith("$(PKG_BUILD_DIR)/"):
+            obj = args[0][len("$(PKG_BUILD_DIR)/"):]
+            if obj not in objects:
+                raise BuildError("install rule not understood (%s is not built): %r" % (obj, raw))
+            tree.add_file(_dest(args[1]), compile_bpf(objects[obj], arch, warn), MODES[verb])
         elif verb in MODES:
             if len(args) != 2 or not args[0].startswith("./"):
                 raise BuildError("install rule not understood: %r" % raw)
@@ -353,12 +459,13 @@ def source_epoch():
     return newest
 
 
-def build_passthrough(epoch):
+def build_passthrough(epoch, arch=DEFAULT_ARCH, warn=None):
     variables, defines = read_makefile(os.path.join(PT_DIR, "Makefile"))
     name = variables["PKG_NAME"]
     version = "%s-%s" % (variables["PKG_VERSION"], variables["PKG_RELEASE"])
     pkg = block_fields(defines["Package/%s" % name])
-    tree = passthrough_tree(variables, defines)
+    arch = pkg.get("PKGARCH", arch)  # without PKGARCH an SDK build takes the target's architecture
+    tree = passthrough_tree(variables, defines, arch, warn)
     conffiles = [ln.strip() for ln in defines.get("Package/%s/conffiles" % name, []) if ln.strip()]
     for c in conffiles:
         if c not in tree.entries:
@@ -367,7 +474,7 @@ def build_passthrough(epoch):
               ("Source", "feeds/passthrough/%s" % name), ("SourceName", name),
               ("License", variables.get("PKG_LICENSE")), ("Section", pkg.get("SECTION")),
               ("SourceDateEpoch", str(epoch)), ("Maintainer", variables.get("PKG_MAINTAINER")),
-              ("Architecture", pkg.get("PKGARCH", "all")), ("Installed-Size", "@INSTALLED_SIZE@")]
+              ("Architecture", arch), ("Installed-Size", "@INSTALLED_SIZE@")]
     description = pkg.get("TITLE", "") + "\n" + "\n".join(defines.get("Package/%s/description" % name, []))
     control = {"control": (0o644, control_text(fields, description))}
     if conffiles:
@@ -377,10 +484,10 @@ def build_passthrough(epoch):
     if defines.get("Package/%s/postrm" % name):
         control["postrm"] = (0o755, make_script(defines["Package/%s/postrm" % name]).encode())
     data, _ = ipk_bytes(control, tree, epoch)
-    return "%s_%s_%s.ipk" % (name, version, pkg.get("PKGARCH", "all")), data
+    return "%s_%s_%s.ipk" % (name, version, arch), data
 
 
-def build_luci(epoch):
+def build_luci(epoch, arch=None, warn=None):
     variables, _ = read_makefile(os.path.join(LUCI_DIR, "Makefile"))
     name = os.path.basename(LUCI_DIR)
     version = "%s-%s" % (variables["PKG_VERSION"], variables["PKG_RELEASE"])
@@ -399,16 +506,19 @@ def build_luci(epoch):
 BUILDERS = {"passthrough": build_passthrough, "luci-app-passthrough": build_luci}
 
 
-def build(outdir, epoch=None, only=None):
-    """Build the packages into outdir; returns their paths."""
+def build(outdir, epoch=None, only=None, arch=DEFAULT_ARCH, warn=None):
+    """Build the packages into outdir; returns their paths. arch: the OpenWrt package architecture
+    of passthrough (its BPF object's byte order follows it); luci-app-passthrough is "all"."""
     if epoch is None:
         epoch = source_epoch()
+    if not re.match(r"^[a-z0-9][a-z0-9_.+-]*$", arch or ""):
+        raise BuildError("bad architecture name %r (e.g. x86_64, mips_24kc, aarch64_cortex-a53)" % arch)
     os.makedirs(outdir, exist_ok=True)
     paths = []
     for key in ("passthrough", "luci-app-passthrough"):
         if only and key not in only:
             continue
-        fn, data = BUILDERS[key](epoch)
+        fn, data = BUILDERS[key](epoch, arch, warn)
         path = os.path.join(outdir, fn)
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
@@ -423,9 +533,15 @@ def main(argv=None):
     ap.add_argument("outdir", help="where to write the .ipk files")
     ap.add_argument("--epoch", type=int, help="mtime of every entry (default: SOURCE_DATE_EPOCH, else last git commit)")
     ap.add_argument("--only", action="append", choices=sorted(BUILDERS), help="build only this package")
+    ap.add_argument("--arch", default=DEFAULT_ARCH,
+                    help="OpenWrt package architecture of passthrough, e.g. mips_24kc (default %(default)s): "
+                         "its BPF object is compiled for that byte order")
     args = ap.parse_args(argv)
+
+    def warn(msg):
+        print("build_ipk: warning: %s" % msg, file=sys.stderr)
     try:
-        paths = build(args.outdir, args.epoch, args.only)
+        paths = build(args.outdir, args.epoch, args.only, args.arch, warn)
     except (BuildError, OSError, KeyError) as e:
         print("build_ipk: %s" % e, file=sys.stderr)
         return 1

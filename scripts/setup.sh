@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything passthrough's lab demo and tests need on Debian 12 (run as root):
-# Debian packages (nftables, conntrack, strongSwan, xl2tpd, tshark, clang for the BPF offload, ...) and a virtualenv in
+# Debian packages (nftables, conntrack, strongSwan, xl2tpd, tshark, clang + llvm for the BPF offload, ...) and a virtualenv in
 # .venv with the package itself, netfilterqueue, scapy, pytest, hypothesis and MicroPython.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ fi
 PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetlink-dev
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
       strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd
-      qemu-system-x86 netsniff-ng clang libbpf-dev libbpf1"
+      qemu-system-x86 netsniff-ng clang llvm libbpf-dev libbpf1"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -180,6 +180,9 @@ def test_view_builds_the_form(harness):
         assert o["widget"] == "Flag" and o["default"] == "1" and o["rmempty"] is False, o
     assert opts["lan_device"]["widget"] == "DeviceSelect" and opts["wan_device"]["widget"] == "DeviceSelect"
     assert opts["log_level"]["widget"] == "ListValue"
+    o = opts["offload"]  # the BPF fast path: every mode the daemon knows, on the advanced tab
+    assert o["widget"] == "ListValue" and o["tab"] == "advanced" and o["default"] == "auto", o
+    assert sorted(o["values"]) == sorted(C.CHOICE_OPTIONS["offload"]), o
     assert set(harness["tabs"]) == {o["tab"] for o in harness["options"]} == {"general", "advanced"}
 
 

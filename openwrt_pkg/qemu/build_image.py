@@ -9,11 +9,12 @@ Output (OUTDIR): vmlinux (uncompressed, PVH entry: boots fast under TCG), initrd
 How: `apt-get download` (cached under --cache, default /var/cache/passthrough-qemu; once cached no
 network is needed) + `dpkg-deb -x` of linux-image-amd64 (6.1: nft_queue, esp4, xfrm, l2tp_ppp,
 ppp_generic as modules), busybox-static (init + small tools), dash (/bin/sh: busybox ash's `ip`
-applet would shadow iproute2), python3.11 minimal + stdlib, nftables, iproute2, conntrack, kmod, and
-the libraries they need (apt's dependency closure minus a deny list, then an ELF NEEDED check).
-Kernel modules: a subset (netfilter, ipv4/6, bridge, l2tp, xfrm, ppp, crypto, virtio) plus their
-`depends=` closure; modules.dep/alias by the image's own depmod, so the kernel autoloads
-(request_module -> /sbin/modprobe) whatever nft asks for.
+applet would shadow iproute2), python3.11 minimal + stdlib, nftables, iproute2, conntrack, kmod,
+libbpf1 (the BPF offload's loader), and the libraries they need (apt's dependency closure minus a
+deny list, then an ELF NEEDED check). Kernel modules: a subset (netfilter, ipv4/6, bridge, l2tp,
+xfrm, ppp, crypto, virtio, and tc's clsact + cls_bpf for the offload) plus their `depends=`
+closure; modules.dep/alias by the image's own depmod, so the kernel autoloads (request_module ->
+/sbin/modprobe) whatever nft asks for.
 
 passthrough goes in the OpenWrt way when openwrt_pkg/build_ipk.py and openwrt_pkg/ipk_install.py
 exist (the .ipk is built and unpacked into the root); otherwise the python packages passthrough/
@@ -50,6 +51,8 @@ KERNEL_META = "linux-image-amd64"
 PACKAGES = [
     "busybox-static", "dash", "python3.11-minimal", "libpython3.11-stdlib", "nftables", "libnftables1",
     "iproute2", "conntrack", "kmod", "libnetfilter-queue1", "libnfnetlink0", "libmnl0", "netbase", "libc6",
+    # the BPF offload (nat/bpf.py loads /usr/lib/passthrough/offload.o with libbpf; OpenWrt: libbpf)
+    "libbpf1",
     # real L2TP/IPsec peers inside the guest (kernel IPsec, pppd with /dev/ppp): tests/qemu
     "strongswan-charon", "strongswan-swanctl", "libstrongswan", "strongswan-libcharon", "xl2tpd", "ppp",
 ]
@@ -72,6 +75,9 @@ MODULE_SKIP = ("/ipvs/", "/netfilter/ipset/", "pktgen", "/crypto/async_tx/")
 MODULE_FILES = [
     "drivers/net/virtio_net.ko", "drivers/net/net_failover.ko", "drivers/net/veth.ko", "drivers/net/dummy.ko",
     "drivers/net/tun.ko", "drivers/char/virtio_console.ko", "drivers/char/hw_random/virtio-rng.ko",
+    # tc BPF for the offload: the clsact qdisc (sch_ingress; OpenWrt kmod-sched-core) and cls_bpf
+    # (kmod-sched-bpf)
+    "net/sched/sch_ingress.ko", "net/sched/cls_bpf.ko",
 ]
 PY_PRUNE = [
     "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "config-3.11-x86_64-linux-gnu",
@@ -279,6 +285,8 @@ class Builder:
         src = tree_files(os.path.join(self.src, "passthrough"), (".py",)) + tree_files(os.path.join(self.src, "nat"), (".py",))
         extra = tree_files(os.path.join(REPO, "openwrt_pkg"), None) if self.use_ipk else []
         extra = [p for p in extra if "/qemu/" not in p and "__pycache__" not in p and not p.endswith(".ipk")]
+        if self.use_ipk:  # the ipk compiles the BPF offload program from this source
+            extra += tree_files(os.path.join(REPO, "nat", "bpf"), (".c", ".h"))
         h.update(sha_files(mine + src + extra + tree_files(self.nfq_dir(), (".so", ".py"))).encode())
         h.update(b"ipk" if self.use_ipk else b"copy")
         h.update(self.src.encode())
@@ -428,7 +436,7 @@ class Builder:
         return len(want)
 
     def install_passthrough(self, root, work):
-        """The OpenWrt way: build passthrough_<ver>_all.ipk with openwrt_pkg/build_ipk.py and install
+        """The OpenWrt way: build passthrough_<ver>_x86_64.ipk with openwrt_pkg/build_ipk.py and install
         it into the root with openwrt_pkg/ipk_install.py (or, while that tool does not exist, by
         unpacking the ipk's data.tar.gz as opkg does offline), then enable the service as an image
         build does. With --src, the python packages of that tree replace the ipk's. Without

@@ -139,6 +139,17 @@ class QemuLab:
         out = self.sh("passthrough status --json")
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
+    def offload(self):
+        """The daemon's BPF offload summary ({"active": ..., "entries", "pairs", "program": {...}}
+        or {"active": false, "note": why}), from the control socket's `stats` command."""
+        out = self.sh("PYTHONPATH=/usr/lib/passthrough python3 -c 'import json; from passthrough.cli import ask; "
+                      "print(json.dumps(ask(\"/var/run/passthrough.sock\", \"stats\")[\"summary\"][\"offload\"]))'")
+        return json.loads(out)
+
+    def carried(self):
+        """Packets the BPF program has carried so far (0 while it is not active)."""
+        return self.offload().get("program", {}).get("carried", 0)
+
     def uci_set(self, **options):
         for k, v in options.items():
             self.sh("uci set passthrough.global.%s=%s" % (k, v))

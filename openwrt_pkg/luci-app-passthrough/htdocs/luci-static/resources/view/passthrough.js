@@ -170,6 +170,13 @@ return view.extend({
 		o.value('iptables', 'iptables NFQUEUE');
 		o.default = 'auto';
 
+		o = s.taboption('advanced', form.ListValue, 'offload', _('Data offload'),
+			_('Carry learned VPN data flows in a tc BPF program past the firewall (Ethernet LAN/WAN devices only); Automatic falls back to the firewall path when it cannot load.'));
+		o.value('auto', _('Automatic'));
+		o.value('bpf', _('BPF (required)'));
+		o.value('off', _('Off'));
+		o.default = 'auto';
+
 		o = s.taboption('advanced', form.Value, 'queue_num', _('NFQUEUE number'),
 			_('A change needs a service restart.'));
 		o.datatype = 'range(0,65535)';
