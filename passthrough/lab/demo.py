@@ -50,6 +50,19 @@ def demo(run):
     run.start_daemon()
     say("passthrough running (config %s): both hosts, ESP + IKE on 500 + L2TP (LNS answers from 1702)" % run.config_path)
     traffic(run, 1)
+    offload = run.status()["summary"]["offload"]
+    if offload.get("active"):
+        say("BPF offload: once conntrack accepted them, the learned flows' data skips netfilter")
+        time.sleep(1.5)  # the daemon offloads once a second
+        c0 = run.status()["summary"]["offload"]["program"]["carried"]
+        esp = run.clients("esp", [["--server", run.lab.server_ip(0), "--spi", "0x%x" % (0x1000 + h + 16), "--count",
+                                   50, "--interval", 0.01, "--wait", 0.5] for h in range(2)])
+        show("raw ESP", esp)
+        offload = run.status()["summary"]["offload"]
+        print("   the tc program carried %d of these packets; %d map entries" % (
+            offload["program"]["carried"] - c0, offload["entries"]))
+    else:
+        say("BPF offload not active: %s" % offload.get("note"))
     say("passthrough status")
     print_status(run)
     say("conntrack on the router: one zone per LAN host, ports 500/1701 preserved")
