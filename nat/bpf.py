@@ -236,18 +236,26 @@ class Offloader:
         if not shutil.which("conntrack"):
             raise OffloadError("the conntrack tool is missing (carried flows' entries must be refreshed)")
         self.cfg = cfg
-        self.ct = Conntrack()
-        self.prog = program or OffloadProgram()
         self.plan = plan.OffloadPlan(lan_if, wan_if)
         self.installed = {}  # key -> value config (counters stripped)
         self.lan_if, self.wan_if = lan_if, wan_if
         self.errors = 0
         self._warn_after = 0.0
         self.refreshed = 0
-        self.set_policy(cfg)
-        self.prog.set_candidate_mark(cfg.steer_mark_bit)
-        self.prog.attach(wan_if, "offload")
-        self.prog.attach(lan_if, "offload")
+        self.ct = Conntrack()
+        try:
+            self.prog = program or OffloadProgram()
+        except Exception:
+            self.ct.close()
+            raise
+        try:
+            self.set_policy(cfg)
+            self.prog.set_candidate_mark(cfg.steer_mark_bit)
+            self.prog.attach(wan_if, "offload")
+            self.prog.attach(lan_if, "offload")
+        except Exception:
+            self.close()  # no half-attached program: one port with it, one without
+            raise
 
     def set_policy(self, cfg):
         """Families switched off stop being carried at once (their packets meet the policy
