@@ -36,8 +36,8 @@ def int_be(data):
 
 
 try:
-    # CPython's C version: two per queued packet, 0.39 -> 0.23 us each (timeit); the control path's
-    # 0.5x-of-a-bare-loop target needs (bench/README.md). MicroPython has none.
+    # CPython's C version: two per queued packet, 0.39 -> 0.23 us each (timeit), and the control
+    # path sits close to its target of 0.5x a bare queue loop (bench/README.md). MicroPython has none.
     from socket import inet_ntoa as _inet_ntoa
 except ImportError:
     _inet_ntoa = None
