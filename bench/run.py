@@ -92,13 +92,13 @@ def fresh_daemon(run):
     run.start_daemon()
 
 
-def _label(ax, ticks, labels, ylabel, title, tick_fontsize=8):
+def _label(ax, ticks, labels, ylabel, title, tick_fontsize=8, rotation=0, legend_loc="best"):
     """What every panel ends with: x tick labels, y label, title, legend."""
     ax.set_xticks(list(ticks))
-    ax.set_xticklabels(labels, fontsize=tick_fontsize)
+    ax.set_xticklabels(labels, fontsize=tick_fontsize, rotation=rotation)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc=legend_loc)
 
 
 def plot(res, path):
@@ -111,7 +111,7 @@ def plot(res, path):
     dp = res.get("dataplane")
     if dp:
         rows = dp["rows"]
-        labels = ["%s %s\n%dB" % (r["flow"], r["direction"], r["size"]) for r in rows]
+        labels = ["%s %s %dB" % (r["flow"], r["direction"], r["size"]) for r in rows]
         x = range(len(rows))
         nft = "nft_path_pps" in rows[0]
         w = 0.27 if nft else 0.4
@@ -124,7 +124,8 @@ def plot(res, path):
         for i, r in zip(x, rows):
             ax.text(i, r["passthrough_pps"] / 1000.0, "%.2f" % r["ratio"], ha="center", va="bottom", fontsize=7)
         _label(ax, x, labels, "kpkt/s (one sender CPU)", "Data plane forwarding (ratio above bars; target 0.95)",
-               tick_fontsize=7)
+               tick_fontsize=7, rotation=60, legend_loc="lower left")
+        ax.set_ylim(0, max(r["passthrough_pps"] for r in rows) / 1000.0 * 1.15)
     ax = axes[0][1]
     cp = res.get("control")
     if cp:
