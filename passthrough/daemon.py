@@ -188,7 +188,6 @@ class Daemon:
         self.offloader = None
         self.offload_note = "not started"
 
-
     # --- setup / teardown -----------------------------------------------------------------------
     def start(self):
         self.kernel.check_features()
@@ -203,14 +202,16 @@ class Daemon:
             kept = self.kernel.adopt_or_install(backend)
             if kept:
                 self._adopt()
-        self._start_offload()
+        self._start_offload(at_start=True)
         self._bind_queues()
         self._open_control()
 
     # --- BPF offload (nat/bpf.py) --------------------------------------------------------------------
-    def _start_offload(self):
+    def _start_offload(self, at_start=False):
         """Attach the BPF fast path for learned data flows, if wanted and possible. Its map
-        starts empty: flows are offloaded again from conntrack, which a restart keeps."""
+        starts empty: flows are offloaded again from conntrack, which a restart keeps.
+        offload 'bpf' without it stops the daemon only at start; later (a device gone while
+        PPPoE reconnects) it is an error in the log and the nft path carries on."""
         self._stop_offload()
         mode = self.cfg.offload
         if mode == "off" or not self.cfg.enabled:
@@ -225,9 +226,10 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - any failure means: stay on the nft path
             self.offloader = None
             self.offload_note = "unavailable: %s" % e
-            if mode == "bpf":
+            if mode == "bpf" and at_start:
                 raise KernelError("offload 'bpf': %s" % e)
-            log.info("BPF offload unavailable, data stays on the nft path: %s", e)
+            log.log(logging.ERROR if mode == "bpf" else logging.INFO,
+                    "BPF offload unavailable, data stays on the nft path: %s", e)
             self._detach_leftover()
             return
         self.offload_note = "on"

@@ -2,6 +2,7 @@
 import contextlib
 import os
 import subprocess
+import time
 
 from passthrough.lab.harness import LabRun
 from passthrough.lab.topology import ROUTER_WAN_IP, nsexec
@@ -41,11 +42,12 @@ def queue_counters(lab, queue_num=7100):
     return {"waiting": 0, "overflow_dropped": 0, "user_dropped": 0, "enqueued": 0}
 
 
-def recreate_wan(lab):
+def recreate_wan(lab, gap=0.0):
     """Delete and re-create the router's WAN veth (new ifindex, same name and addresses), as a
-    PPPoE reconnect does to pppoe-wan."""
+    PPPoE reconnect does to pppoe-wan; `gap` seconds without it in between."""
     r, s = lab.lab.router, lab.lab.server
     nsexec(r, "ip", "link", "del", "wan")
+    time.sleep(gap)
     subprocess.run(["ip", "link", "add", "wan", "netns", r, "type", "veth", "peer", "name", "eth0", "netns", s],
                    check=True)
     nsexec(r, "ip", "addr", "add", ROUTER_WAN_IP + "/24", "dev", "wan")

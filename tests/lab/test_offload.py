@@ -226,6 +226,22 @@ def test_recreated_wan_port_gets_the_program_again(fresh):
     assert offload(fresh)["program"]["carried"] - c0 >= 200
 
 
+def test_offload_bpf_survives_a_wan_port_gone_for_a_while(fresh):
+    """offload 'bpf' refuses to start without the program, but a WAN port that vanishes for a
+    few seconds later (PPPoE reconnect) is logged, not fatal, and the program comes back."""
+    assert fresh.set_options(**dict(DEFAULTS, offload="bpf"))["ok"]
+    try:
+        recreate_wan(fresh, gap=2.5)
+        assert fresh.daemon.poll() is None, fresh.log_tail(30)
+        assert "BPF offload unavailable, data stays on the nft path" in fresh.log_tail(60)
+        wait_for(lambda: len(our_filters(fresh, "wan")) == 1, 5, what="the program back on the new WAN port")
+        assert offload(fresh)["active"]
+        res = fresh.clients("natt-esp", [args(fresh, "natt-esp", 0x6C000 + h, count=20) for h in range(2)])
+        assert [r["replies"] for r in res] == [20, 20], res
+    finally:
+        fresh.set_options(**DEFAULTS)
+
+
 def run_daemon_once(lab, env_extra, **opts):
     o = dict(DEFAULTS, lan_device="br-lan", wan_device="wan", control_socket=os.path.join(lab.workdir, "o.sock"))
     o.update(opts)
