@@ -152,7 +152,10 @@ class OffloadProgram:
     def __init__(self, path=None):
         self.lib = _libbpf()
         self.path = path or find_object()
-        self.lib.libbpf_set_print(None)  # its messages go to stderr; errors are reported here
+        if not log.isEnabledFor(logging.DEBUG):
+            # libbpf prints to stderr (the verifier's log when the kernel refuses the program:
+            # wanted with log_level 'debug'); otherwise its errors are reported here, once
+            self.lib.libbpf_set_print(None)
         self.obj = self.lib.bpf_object__open_file(self.path.encode(), None)
         if not self.obj:
             raise OffloadError("cannot open %s: %s" % (self.path, _err(0)))
