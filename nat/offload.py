@@ -91,25 +91,27 @@ PROTO_NUMBERS = {"udp": IPPROTO_UDP, "tcp": 6, "icmp": 1, "esp": IPPROTO_ESP, "g
 
 
 def parse_conntrack(text):
-    """Entries of `conntrack -L` text: dicts with zone, proto, orig and reply tuples
-    ((src, dst, sport, dport), ports 0 without ports) and replied (False while UNREPLIED).
+    """Entries of `conntrack -L` text: dicts with zone (0 without), proto (number), timeout (s),
+    orig and reply tuples ((src, dst, sport, dport), ports 0 without ports), flags (the
+    bracketed words: UNREPLIED, ASSURED, ...), replied (False while UNREPLIED) and the line.
     Lines that do not parse are skipped."""
     out = []
     for line in text.splitlines():
         words = line.split()
-        if len(words) < 3:
+        if len(words) < 4:
             continue
         try:
             proto = int(words[1])
+            timeout = int(words[2])
         except ValueError:
             continue
         tuples = []
         cur = None
         zone = 0
-        replied = True
-        for w in words[2:]:
-            if w == "[UNREPLIED]":
-                replied = False
+        flags = set()
+        for w in words[3:]:
+            if w.startswith("[") and w.endswith("]"):
+                flags.add(w[1:-1])
                 continue
             if "=" not in w:
                 continue
@@ -129,8 +131,9 @@ def parse_conntrack(text):
         def tup(t):
             return (t["src"], t["dst"], t["sport"], t["dport"])
 
-        out.append({"zone": zone, "proto": proto, "orig": tup(tuples[0]), "reply": tup(tuples[1]),
-                    "replied": replied})
+        out.append({"zone": zone, "proto": proto, "timeout": timeout, "orig": tup(tuples[0]),
+                    "reply": tup(tuples[1]), "flags": flags, "replied": "UNREPLIED" not in flags,
+                    "line": line})
     return out
 
 

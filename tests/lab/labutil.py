@@ -2,6 +2,7 @@
 import contextlib
 import os
 import subprocess
+import sys
 import time
 
 from passthrough.lab.harness import LabRun
@@ -57,3 +58,13 @@ def recreate_wan(lab, gap=0.0):
     nsexec(s, "ip", "link", "set", "eth0", "up")
     for ns, dev in ((r, "wan"), (s, "eth0")):
         nsexec(ns, "ethtool", "-K", dev, "tx", "off", check=False)
+
+
+def run_daemon_once(lab, config_text, timeout=20, env=None):
+    """`passthrough run` in the router namespace with a config of its own; (rc, stderr)."""
+    path = os.path.join(lab.workdir, "once.conf")
+    with open(path, "w") as f:
+        f.write(config_text)
+    p = subprocess.run(["ip", "netns", "exec", lab.lab.router, sys.executable, "-m", "passthrough.cli", "run",
+                        "--config", path, "--no-syslog"], capture_output=True, text=True, timeout=timeout, env=env)
+    return p.returncode, p.stderr

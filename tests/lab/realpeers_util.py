@@ -11,38 +11,26 @@ import re
 import subprocess
 import sys
 
+from nat import offload
 from passthrough.lab import peers as P
 from passthrough.lab.harness import LabRun
 from passthrough.lab.topology import ROUTER_WAN_IP
 
 _CT_KEYS = ("src", "dst", "sport", "dport")
+_CT_PROTO = {17: "udp", 6: "tcp"}
 
 
 def parse_conntrack(text):
-    """`conntrack -L` lines -> dicts: proto, timeout (s), orig/reply {src,dst,sport,dport},
-    zone (int or None), flags (set), line."""
+    """`conntrack -L` lines (UDP and TCP) -> dicts: proto name, timeout (s), orig/reply
+    {src,dst,sport,dport}, zone (int or None), flags (set), line. A view of nat.offload's
+    parser, the daemon's own."""
     out = []
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) < 3 or words[0] not in ("udp", "tcp"):
+    for e in offload.parse_conntrack(text):
+        if e["proto"] not in _CT_PROTO:
             continue
-        e = {"proto": words[0], "timeout": int(words[2]), "orig": {}, "reply": {}, "zone": None,
-             "flags": set(), "line": line}
-        cur = e["orig"]
-        for w in words[3:]:
-            if w.startswith("[") and w.endswith("]"):
-                e["flags"].add(w[1:-1])
-                continue
-            k, sep, v = w.partition("=")
-            if not sep:
-                continue
-            if k in _CT_KEYS:
-                if k in cur:  # second src= starts the reply tuple
-                    cur = e["reply"]
-                cur[k] = int(v) if k in ("sport", "dport") else v
-            elif k == "zone":
-                e["zone"] = int(v)
-        out.append(e)
+        out.append({"proto": _CT_PROTO[e["proto"]], "timeout": e["timeout"], "orig": dict(zip(_CT_KEYS, e["orig"])),
+                    "reply": dict(zip(_CT_KEYS, e["reply"])), "zone": e["zone"] or None, "flags": e["flags"],
+                    "line": e["line"]})
     return out
 
 

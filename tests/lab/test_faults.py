@@ -14,7 +14,7 @@ from passthrough.cli import ask
 from passthrough.lab.harness import wait_for
 from passthrough.lab.topology import nsexec
 
-from labutil import queue_counters, recreate_wan, running_lab, with_options  # noqa: E402
+from labutil import queue_counters, recreate_wan, run_daemon_once, running_lab, with_options  # noqa: E402
 
 pytestmark = pytest.mark.lab
 DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1",
@@ -40,16 +40,6 @@ def read_stream(proc):
 
 def summary(events):
     return [e["summary"] for e in events if "summary" in e][-1]
-
-
-def run_daemon_once(lab, config_text, timeout=20):
-    """`passthrough run` in the router namespace with a config of its own; (rc, stderr)."""
-    path = os.path.join(lab.workdir, "faults.conf")
-    with open(path, "w") as f:
-        f.write(config_text)
-    p = subprocess.run(["ip", "netns", "exec", lab.lab.router, sys.executable, "-m", "passthrough.cli", "run",
-                        "--config", path, "--no-syslog"], capture_output=True, text=True, timeout=timeout)
-    return p.returncode, p.stderr
 
 
 def uci(lab, **opts):

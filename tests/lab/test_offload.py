@@ -14,7 +14,7 @@ import pytest
 from passthrough.lab.harness import wait_for
 from passthrough.lab.topology import nsexec
 
-from labutil import recreate_wan, running_lab, with_options  # noqa: E402
+from labutil import recreate_wan, run_daemon_once, running_lab, with_options  # noqa: E402
 
 pytestmark = pytest.mark.lab
 DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1", offload="auto")
@@ -242,23 +242,19 @@ def test_offload_bpf_survives_a_wan_port_gone_for_a_while(fresh):
         fresh.set_options(**DEFAULTS)
 
 
-def run_daemon_once(lab, env_extra, **opts):
+def config_text(lab, **opts):
     o = dict(DEFAULTS, lan_device="br-lan", wan_device="wan", control_socket=os.path.join(lab.workdir, "o.sock"))
     o.update(opts)
-    path = os.path.join(lab.workdir, "offload.conf")
-    with open(path, "w") as f:
-        f.write("config passthrough 'global'\n" + "".join("\toption %s '%s'\n" % kv for kv in sorted(o.items())))
-    env = dict(os.environ, **env_extra)
-    return subprocess.run(["ip", "netns", "exec", lab.lab.router, sys.executable, "-m", "passthrough.cli", "run",
-                           "--config", path, "--no-syslog"], capture_output=True, text=True, timeout=20, env=env)
+    return "config passthrough 'global'\n" + "".join("\toption %s '%s'\n" % kv for kv in sorted(o.items()))
 
 
 def test_offload_bpf_without_the_object_refuses_to_start(lab):
     lab.stop_daemon()
     try:
-        p = run_daemon_once(lab, {"PASSTHROUGH_BPF_OBJECT": "/nonexistent/offload.o"}, offload="bpf")
-        assert p.returncode == 3, p.stderr
-        assert "offload 'bpf'" in p.stderr and "/nonexistent/offload.o" in p.stderr, p.stderr
+        rc, err = run_daemon_once(lab, config_text(lab, offload="bpf"),
+                                  env=dict(os.environ, PASSTHROUGH_BPF_OBJECT="/nonexistent/offload.o"))
+        assert rc == 3, err
+        assert "offload 'bpf'" in err and "/nonexistent/offload.o" in err, err
         assert our_filters(lab, "wan") == []
     finally:
         lab.start_daemon()

@@ -59,9 +59,11 @@ def test_bad_address_is_an_error():
 def test_parse_conntrack_tuples_zone_and_reply_state():
     e = O.parse_conntrack(CT)
     assert len(e) == 5
-    assert e[0] == {"zone": 4107, "proto": 17, "orig": ("192.168.1.10", "203.0.113.2", 4500, 4500),
-                    "reply": ("203.0.113.2", "203.0.113.1", 4500, 4500), "replied": True}
-    assert e[1]["replied"] is False and e[1]["zone"] == 4108
+    assert e[0] == {"zone": 4107, "proto": 17, "timeout": 176, "orig": ("192.168.1.10", "203.0.113.2", 4500, 4500),
+                    "reply": ("203.0.113.2", "203.0.113.1", 4500, 4500), "flags": set(), "replied": True,
+                    "line": CT.splitlines()[0]}
+    assert e[1]["replied"] is False and e[1]["flags"] == {"UNREPLIED"} and e[1]["zone"] == 4108
+    assert e[3]["flags"] == {"ASSURED"} and e[3]["replied"]
     assert e[2]["proto"] == 50 and e[2]["orig"] == ("192.168.1.10", "203.0.113.2", 0, 0)
     assert O.parse_conntrack("") == [] and O.parse_conntrack("udp 17\n\x00\n") == []
 
