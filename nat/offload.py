@@ -185,7 +185,7 @@ class OffloadPlan:
         self.trans = {}     # pair -> (wan_ip, wan_port, ct)
         self.tried = {}     # pair -> time of the last conntrack look without a result
         self.activity = {}  # pair -> carried packets (both ways) at the last refresh
-        self._entries = {}  # (pair, translation, kind, key) -> flow_entries (packing is the costly part)
+        self._entries = {}  # (pair, translation, kind, key, key_out) -> flow_entries (packing is the costly part)
 
     def pending(self, flows, now):
         """{zone: [pair]} of offloadable flows without a translation, not tried recently."""
