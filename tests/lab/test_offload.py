@@ -84,6 +84,21 @@ def test_two_hosts_sharing_a_server_are_carried_by_the_program(fresh, kind, base
     assert fwd == 0, "%d data packets went through the IP stack" % fwd
 
 
+def test_lns_answering_from_another_port_is_carried(fresh):
+    """RFC 2661 8.1: the LNS at the second server address answers from port 1702. Conntrack's
+    entry for the data then is the one the WAN side opened (DNATed into the host's zone); the
+    offload copies its translation and carries both ways."""
+    before = offload(fresh)["entries"]
+    res = fresh.clients("l2tp", [args(fresh, "l2tp", 660 + h, count=5, server=1) for h in range(2)])
+    assert [r["replies"] for r in res] == [5, 5] and all(r["peer_port"] == 1702 for r in res), res
+    wait_for(lambda: offload(fresh)["entries"] >= before + 4, 10, what="both tunnels offloaded")
+    carried0, fwd0 = offload(fresh)["program"]["carried"], forwarded(fresh)
+    res = fresh.clients("l2tp", [args(fresh, "l2tp", 660 + h, count=100, server=1) for h in range(2)])
+    assert [r["replies"] for r in res] == [100, 100], res
+    assert offload(fresh)["program"]["carried"] - carried0 >= 400, offload(fresh)["program"]
+    assert forwarded(fresh) - fwd0 == 0
+
+
 def test_rekeyed_sa_of_a_carried_pair_is_learned_and_carried(fresh):
     """A new SA (new SPIs, same hosts, ports and server) must reach the daemon: the program
     keys outbound packets by SPI too, else it would carry the new SA's packets out and the
