@@ -1,6 +1,7 @@
 """BPF offload, the I/O shell: loads nat/bpf/offload.o with libbpf (ctypes; no bpftool, no tc
 binary), attaches its program to tc ingress of the LAN and WAN ports, keeps the flow map
-in step with nat/offload.py's plan, and keeps conntrack entries of carried flows alive (nat/ctnetlink.py).
+in step with nat/offload.py's plan, reading translations from conntrack and keeping the entries of
+carried flows alive (both over ctnetlink, nat/ctnetlink.py).
 
 Needs a kernel with tc BPF (cls_bpf, clsact; OpenWrt: kmod-sched-bpf), bpf_fib_lookup (4.18+),
 libbpf >= 0.6 and Ethernet ports. Without them the daemon stays on the nft path (option
@@ -11,8 +12,6 @@ import ctypes.util
 import errno
 import logging
 import os
-import shutil
-import subprocess
 import sys
 import time
 
@@ -30,7 +29,7 @@ TC_PRIORITY = 1      # first; returns TC_ACT_UNSPEC for what it does not carry, 
 BPF_TC_INGRESS = 1
 BPF_TC_F_REPLACE = 1
 BPF_ANY = 0
-ZONE_LOOKUPS = 8  # conntrack reads per sync: many pending flows cost seconds of latency, not CPU
+LOOKUPS_PER_SYNC = 32  # pairs looked up in conntrack per sync: many pending flows cost seconds, not CPU
 ARPHRD_ETHER = 1
 
 
@@ -236,8 +235,6 @@ class Offloader:
             if not device_is_ethernet(dev):
                 raise OffloadError("%s is not an Ethernet device (PPP, tunnel, missing): the program "
                                    "rewrites Ethernet headers" % dev)
-        if not shutil.which("conntrack"):
-            raise OffloadError("the conntrack tool is missing (carried flows' entries must be refreshed)")
         self.cfg = cfg
         self.plan = plan.OffloadPlan(lan_if, wan_if)
         self.installed = {}  # key -> value config (counters stripped)
@@ -275,14 +272,24 @@ class Offloader:
     def sync(self, flows, now):
         """Offload what conntrack has accepted, drop what is gone. Returns (added, deleted)."""
         flows = list(flows)
-        pending = self.plan.pending(flows, now)
-        for zone in list(pending)[:ZONE_LOOKUPS]:
-            pairs = pending[zone]
-            entries = plan.parse_conntrack(self._conntrack(["-L", "-w", str(zone)]))
-            for pair in self.plan.learn(pairs, entries, now):
-                t = self.plan.trans[pair]
-                log.info("offloading %s %s:%d <-> %s:%d (zone %d) as %s:%d", "udp" if pair[1] == 17 else "esp",
-                         pair[2], pair[3], pair[4], pair[5], zone, t[0], t[1])
+        pairs = self.plan.pending(flows, now)[:LOOKUPS_PER_SYNC]
+        entries = []
+        for pair in pairs:
+            for proto, tup, reply in plan.lookups(pair):
+                try:
+                    e = self.ct.get(proto, tup, pair[0], reply)
+                except OSError as err:
+                    self.errors += 1
+                    log.warning("conntrack lookup of %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], err)
+                    break
+                if e is not None:
+                    entries.append(e)
+                    if e["replied"]:
+                        break
+        for pair in self.plan.learn(pairs, entries, now):
+            t = self.plan.trans[pair]
+            log.info("offloading %s %s:%d <-> %s:%d (zone %d) as %s:%d", "udp" if pair[1] == 17 else "esp",
+                     pair[2], pair[3], pair[4], pair[5], pair[0], t[0], t[1])
         return self._install(self.plan.desired(flows))
 
     def _install(self, want):
@@ -344,9 +351,6 @@ class Offloader:
         if gone:
             self._install(self.plan.desired(flows))
         return counts
-
-    def _conntrack(self, args):
-        return subprocess.run(["conntrack"] + args, capture_output=True, text=True).stdout
 
     def status(self):
         return {"entries": len(self.installed), "pairs": len(self.plan.trans), "conntrack_refreshed": self.refreshed,

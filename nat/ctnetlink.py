@@ -1,8 +1,10 @@
-"""Conntrack timeout refresh over ctnetlink, for flows the BPF offload carries past conntrack.
+"""Conntrack over ctnetlink for the BPF offload: look an entry up in a zone (its translation),
+and refresh the timeout of entries whose packets the offload carries past conntrack.
 
-The conntrack tool cannot do it: `conntrack -U` refuses --zone (conntrack-tools 1.4.7) and
+The conntrack tool cannot refresh: `conntrack -U` refuses --zone (conntrack-tools 1.4.7) and
 without it finds only zone 0 entries. An IPCTNL_MSG_CT_NEW without NLM_F_CREATE for an existing
-tuple changes that entry (here: its timeout) and fails with ENOENT when there is none.
+tuple changes that entry (here: its timeout) and fails with ENOENT when there is none. Lookups
+(IPCTNL_MSG_CT_GET by original or reply tuple) save the daemon a `conntrack -L` process per zone.
 """
 import errno
 import os
@@ -11,12 +13,13 @@ import struct
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
-IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
 # enum ctattr_type / ctattr_tuple / ctattr_ip / ctattr_l4proto (linux/netfilter/nfnetlink_conntrack.h)
-CTA_TUPLE_ORIG, CTA_TIMEOUT, CTA_ZONE = 1, 7, 18
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_TIMEOUT, CTA_ZONE = 1, 2, 3, 7, 18
+IPS_SEEN_REPLY = 1 << 1
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -30,45 +33,121 @@ def _attr(kind, payload, nested=False):
     return head + payload + b"\0" * pad
 
 
-def set_timeout_msg(proto, orig, zone, timeout, seq):
-    """The request: orig = (src, dst, sport, dport) of the entry's original direction."""
-    ip = _attr(CTA_IP_V4_SRC, socket.inet_aton(orig[0])) + _attr(CTA_IP_V4_DST, socket.inet_aton(orig[1]))
+def _tuple(kind, proto, tup):
+    """A CTA_TUPLE_ORIG / CTA_TUPLE_REPLY attribute; tup = (src, dst, sport, dport)."""
+    ip = _attr(CTA_IP_V4_SRC, socket.inet_aton(tup[0])) + _attr(CTA_IP_V4_DST, socket.inet_aton(tup[1]))
     l4 = _attr(CTA_PROTO_NUM, struct.pack("B", proto))
     if proto == IPPROTO_UDP:
-        l4 += _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", orig[2])) + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", orig[3]))
-    body = struct.pack("!BBH", socket.AF_INET, 0, 0)  # nfgenmsg
-    body += _attr(CTA_TUPLE_ORIG, _attr(CTA_TUPLE_IP, ip, True) + _attr(CTA_TUPLE_PROTO, l4, True), True)
-    body += _attr(CTA_TIMEOUT, struct.pack("!I", timeout))
-    body += _attr(CTA_ZONE, struct.pack("!H", zone))
-    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
+        l4 += _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", tup[2])) + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", tup[3]))
+    return _attr(kind, _attr(CTA_TUPLE_IP, ip, True) + _attr(CTA_TUPLE_PROTO, l4, True), True)
+
+
+def _msg(mtype, attrs, seq):
+    body = struct.pack("!BBH", socket.AF_INET, 0, 0) + attrs  # nfgenmsg
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | mtype,
                        NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
+def set_timeout_msg(proto, orig, zone, timeout, seq):
+    """The request: orig = (src, dst, sport, dport) of the entry's original direction."""
+    return _msg(IPCTNL_MSG_CT_NEW, _tuple(CTA_TUPLE_ORIG, proto, orig) + _attr(CTA_TIMEOUT, struct.pack("!I", timeout))
+                + _attr(CTA_ZONE, struct.pack("!H", zone)), seq)
+
+
+def get_msg(proto, tup, zone, seq, reply=False):
+    """Look up the entry whose original (or, reply=True, reply) direction is tup."""
+    kind = CTA_TUPLE_REPLY if reply else CTA_TUPLE_ORIG
+    return _msg(IPCTNL_MSG_CT_GET, _tuple(kind, proto, tup) + _attr(CTA_ZONE, struct.pack("!H", zone)), seq)
+
+
+def _attrs(buf, off, end):
+    """{type: (start, end)} of the attributes in buf[off:end] (nested flag masked off)."""
+    out = {}
+    while off + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", buf, off)
+        if alen < 4 or off + alen > end:
+            break
+        out[atype & 0x3FFF] = (off + 4, off + alen)
+        off += (alen + 3) & ~3
+    return out
+
+
+def _parse_tuple(buf, span):
+    a = _attrs(buf, span[0], span[1])
+    ip = _attrs(buf, *a[CTA_TUPLE_IP]) if CTA_TUPLE_IP in a else {}
+    l4 = _attrs(buf, *a[CTA_TUPLE_PROTO]) if CTA_TUPLE_PROTO in a else {}
+
+    def addr(kind):
+        s, e = ip.get(kind, (0, 0))
+        return socket.inet_ntoa(bytes(buf[s:e])) if e - s == 4 else None
+
+    def port(kind):
+        s, e = l4.get(kind, (0, 0))
+        return struct.unpack_from("!H", buf, s)[0] if e - s == 2 else 0
+
+    return (addr(CTA_IP_V4_SRC), addr(CTA_IP_V4_DST), port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
+
+
+def parse_entry(buf, off, end, zone):
+    """An IPCTNL_MSG_CT_NEW message body (after nlmsghdr) -> the dict nat.offload's
+    parse_conntrack makes of a `conntrack -L` line (timeout, flags and line left out)."""
+    a = _attrs(buf, off + 4, end)  # after nfgenmsg
+    if CTA_TUPLE_ORIG not in a or CTA_TUPLE_REPLY not in a:
+        return None
+    l4 = _attrs(buf, *_attrs(buf, *a[CTA_TUPLE_ORIG]).get(CTA_TUPLE_PROTO, (0, 0)))
+    s, e = l4.get(CTA_PROTO_NUM, (0, 0))
+    status = struct.unpack_from("!I", buf, a[CTA_STATUS][0])[0] if CTA_STATUS in a else 0
+    return {"zone": zone, "proto": buf[s] if e > s else 0, "orig": _parse_tuple(buf, a[CTA_TUPLE_ORIG]),
+            "reply": _parse_tuple(buf, a[CTA_TUPLE_REPLY]), "replied": bool(status & IPS_SEEN_REPLY)}
+
+
 class Conntrack:
-    """One ctnetlink socket for the daemon's refreshes."""
+    """One ctnetlink socket for the offload's lookups and refreshes."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self.sock.settimeout(1.0)
         self.seq = 0
 
-    def set_timeout(self, proto, orig, zone, timeout):
-        """True if the entry was there and got the timeout; False if it is gone (ENOENT)."""
+    def _ask(self, make):
+        """Send make(seq); return (entry messages' (data, start, end), error) at our ack."""
         self.seq = (self.seq + 1) & 0xFFFFFFFF
-        self.sock.send(set_timeout_msg(proto, orig, zone, timeout, self.seq))
+        self.sock.send(make(self.seq))
+        got = []
         while True:
             data = self.sock.recv(65536)
             off = 0
             while off + 16 <= len(data):
                 mlen, mtype, _, mseq, _ = struct.unpack_from("=IHHII", data, off)
-                if mtype == NLMSG_ERROR and mseq == self.seq:
-                    err = -struct.unpack_from("=i", data, off + 16)[0]
-                    if err == 0:
-                        return True
-                    if err == errno.ENOENT:
-                        return False
-                    raise OSError(err, "ctnetlink: %s" % os.strerror(err))
+                if mseq == self.seq:
+                    if mtype == NLMSG_ERROR:
+                        return got, -struct.unpack_from("=i", data, off + 16)[0]
+                    if mtype == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
+                        got.append((data, off + 16, off + mlen))
                 off += max(16, (mlen + 3) & ~3)
+
+    def set_timeout(self, proto, orig, zone, timeout):
+        """True if the entry was there and got the timeout; False if it is gone (ENOENT)."""
+        _, err = self._ask(lambda seq: set_timeout_msg(proto, orig, zone, timeout, seq))
+        if err == 0:
+            return True
+        if err == errno.ENOENT:
+            return False
+        raise OSError(err, "ctnetlink: %s" % os.strerror(err))
+
+    def get(self, proto, tup, zone, reply=False):
+        """The entry (parse_entry's dict) whose original (reply=True: reply) direction is tup in
+        zone, or None."""
+        got, err = self._ask(lambda seq: get_msg(proto, tup, zone, seq, reply))
+        if err == errno.ENOENT:
+            return None
+        if err:
+            raise OSError(err, "ctnetlink: %s" % os.strerror(err))
+        for data, start, end in got:
+            e = parse_entry(data, start, end, zone)
+            if e is not None:
+                return e
+        return None
 
     def close(self):
         self.sock.close()

@@ -137,6 +137,15 @@ def parse_conntrack(text):
     return out
 
 
+def lookups(pair):
+    """The (protocol, tuple, reply direction?) lookups that find a pair's conntrack entry: the
+    host's (LAN -> remote is its original direction) or the remote's (a WAN-opened entry, e.g.
+    an LNS answering from another port DNATed into the zone: LAN -> remote is its reply)."""
+    zone, proto, lan, lan_port, remote, remote_port = pair
+    tup = (lan, remote, lan_port, remote_port)
+    return [(proto, tup, False), (proto, tup, True)]
+
+
 def find_translation(pair, entries):
     """(wan_ip, wan_port, ct) for a pair from its zone's conntrack entries, or None while
     conntrack has no replied entry for it. ct (proto, orig tuple) names the entry for refreshes.
@@ -174,9 +183,9 @@ def policy_bits(cfg):
 
 
 class OffloadPlan:
-    """What is offloaded. The daemon calls, once a second, pending() for the zones whose
-    conntrack it must read, learn() with what it read, then desired() and installs the
-    difference; refresh_due() every few seconds with the carried counters."""
+    """What is offloaded. The daemon calls, once a second, pending() for the pairs whose
+    conntrack entries it must look up, learn() with what it found, then desired() and installs
+    the difference; refresh_due() every few seconds with the carried counters."""
 
     def __init__(self, lan_if, wan_if, retry=2.0):
         self.lan_if = lan_if
@@ -188,15 +197,15 @@ class OffloadPlan:
         self._entries = {}  # (pair, translation, kind, key, key_out) -> flow_entries (packing is the costly part)
 
     def pending(self, flows, now):
-        """{zone: [pair]} of offloadable flows without a translation, not tried recently."""
-        out = {}
+        """[pair] of offloadable flows without a translation, not tried recently."""
+        out = []
+        seen = set()
         for f in flows:
             pair = flow_pair(f)
-            if pair is None or pair in self.trans or now - self.tried.get(pair, -1e9) < self.retry:
+            if pair is None or pair in self.trans or pair in seen or now - self.tried.get(pair, -1e9) < self.retry:
                 continue
-            out.setdefault(pair[0], [])
-            if pair not in out[pair[0]]:
-                out[pair[0]].append(pair)
+            seen.add(pair)
+            out.append(pair)
         return out
 
     def learn(self, pairs, entries, now):

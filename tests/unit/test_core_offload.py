@@ -127,12 +127,14 @@ def test_plan_learns_installs_retries_and_forgets():
     ike = flow("ike", "192.168.1.10", "203.0.113.2", 77, 500, 500)
     flows = [a, a2, b, ike]
     pend = p.pending(flows, 10.0)
-    assert pend == {4107: [O.flow_pair(a)], 4108: [O.flow_pair(b)]}
+    assert pend == [O.flow_pair(a), O.flow_pair(b)]  # a2 shares a's pair: one lookup
     entries = O.parse_conntrack(CT)
-    assert p.learn(pend[4107], entries, 10.0) == [O.flow_pair(a)]
-    assert p.learn(pend[4108], entries, 10.0) == []  # unreplied: tried, not learned
-    assert p.pending(flows, 11.0) == {}  # b waits for the retry interval
-    assert p.pending(flows, 12.5) == {4108: [O.flow_pair(b)]}
+    assert p.learn(pend[:1], entries, 10.0) == [O.flow_pair(a)]
+    assert p.learn(pend[1:], entries, 10.0) == []  # unreplied: tried, not learned
+    assert p.pending(flows, 11.0) == []  # b waits for the retry interval
+    assert p.pending(flows, 12.5) == [O.flow_pair(b)]
+    assert O.lookups(O.flow_pair(b)) == [(17, ("192.168.1.11", "203.0.113.2", 4500, 4500), False),
+                                         (17, ("192.168.1.11", "203.0.113.2", 4500, 4500), True)]
     want = p.desired(flows)
     assert len(want) == 4  # both SAs of the pair, each both ways
     dels, adds = O.diff({}, want)
@@ -150,7 +152,7 @@ def test_plan_learns_installs_retries_and_forgets():
     p.forget(O.flow_pair(a))
     dels, adds = O.diff(installed, p.desired(flows))
     assert len(dels) == 4 and adds == []
-    assert O.flow_pair(a) in p.pending(flows, 20.0)[4107]
+    assert O.flow_pair(a) in p.pending(flows, 20.0)
     # Flows gone: translations and retry marks go with them.
     p.learn([O.flow_pair(a)], entries, 20.0)
     assert p.desired([]) == {} and p.trans == {} and p.tried == {}
