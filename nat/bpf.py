@@ -174,16 +174,11 @@ class OffloadProgram:
             raise OffloadError("%s has no map %s" % (self.path, name))
         return Map(self.lib, self.lib.bpf_map__fd(m), ks, vs)
 
-    def _hook_opts(self, ifindex, prog_fd=0, flags=0):
-        hook = _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_INGRESS, 0)
-        opts = _TcOpts(ctypes.sizeof(_TcOpts), prog_fd, flags, 0, TC_HANDLE, TC_PRIORITY)
-        return hook, opts
-
     def attach(self, ifindex, prog_name):
         prog = self.lib.bpf_object__find_program_by_name(self.obj, prog_name.encode())
         if not prog:
             raise OffloadError("%s has no program %s" % (self.path, prog_name))
-        hook, opts = self._hook_opts(ifindex, self.lib.bpf_program__fd(prog), BPF_TC_F_REPLACE)
+        hook, opts = _tc_hook_opts(ifindex, self.lib.bpf_program__fd(prog), BPF_TC_F_REPLACE)
         rc = self.lib.bpf_tc_hook_create(ctypes.byref(hook))
         if rc and rc != -errno.EEXIST:  # another tool's clsact is fine: we share it
             raise OffloadError("tc clsact on ifindex %d: %s" % (ifindex, _err(rc)))
@@ -219,11 +214,17 @@ class OffloadProgram:
             self.obj = None
 
 
+def _tc_hook_opts(ifindex, prog_fd=0, flags=0):
+    """Our filter's place: tc ingress of the port, our handle and priority."""
+    hook = _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_INGRESS, 0)
+    opts = _TcOpts(ctypes.sizeof(_TcOpts), prog_fd, flags, 0, TC_HANDLE, TC_PRIORITY)
+    return hook, opts
+
+
 def detach(ifindex, lib=None):
     """Remove our filter from a port (whoever loaded it). True if one was there."""
     lib = lib or _libbpf()
-    hook = _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_INGRESS, 0)
-    opts = _TcOpts(ctypes.sizeof(_TcOpts), 0, 0, 0, TC_HANDLE, TC_PRIORITY)
+    hook, opts = _tc_hook_opts(ifindex)
     return lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)) == 0
 
 

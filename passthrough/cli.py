@@ -117,12 +117,12 @@ def cmd_flush(args):
     except configmod.ConfigError:
         cfg = configmod.Config()
     Kernel(cfg).remove(keep_policy=False)
-    try:
-        from nat import bpf
-        for dev in (cfg.lan_device, cfg.wan_device):
+    for dev in (cfg.lan_device, cfg.wan_device):
+        try:
+            from nat import bpf
             bpf.detach(socket.if_nametoindex(dev))
-    except Exception:  # noqa: BLE001 - no libbpf or no device: nothing of ours is attached there
-        pass
+        except Exception:  # noqa: BLE001 - no libbpf or no such device: nothing of ours is attached there
+            pass  # (per device: a missing LAN device must not keep the WAN's program)
     print("passthrough rules removed")
     return 0
 
