@@ -18,6 +18,8 @@ and drops the entries when the conntrack entry goes (policy flush, conntrack -F,
 import struct
 import sys
 
+from passthrough.compat import ip4_bytes
+
 IPPROTO_UDP = 17
 IPPROTO_ESP = 50
 # offload_val.family bits (offload.c FAMILY_*) and the policy map value
@@ -32,27 +34,14 @@ KEY_SIZE = 24
 VAL_SIZE = 32
 
 
-def _ip(text):
-    parts = text.split(".")
-    if len(parts) != 4:
-        raise ValueError("not an IPv4 address: %r" % text)
-    out = bytearray(4)
-    for i in range(4):
-        n = int(parts[i])
-        if n < 0 or n > 255:
-            raise ValueError("not an IPv4 address: %r" % text)
-        out[i] = n
-    return bytes(out)
-
-
 def pack_key(ifindex, saddr, daddr, ident, sport, dport, proto):
     """ident: the 4 id bytes as on the wire (b'\\0' * 4 outbound)."""
-    return (struct.pack(_HOST + "I", ifindex) + _ip(saddr) + _ip(daddr) + ident
+    return (struct.pack(_HOST + "I", ifindex) + ip4_bytes(saddr) + ip4_bytes(daddr) + ident
             + struct.pack(">HHB", sport or 0, dport or 0, proto) + b"\0\0\0")
 
 
 def pack_val(addr, port, inbound, family, oif):
-    return (_ip(addr) + struct.pack(">H", port or 0) + struct.pack("BB", 1 if inbound else 0, FAMILY_BITS[family])
+    return (ip4_bytes(addr) + struct.pack(">H", port or 0) + struct.pack("BB", 1 if inbound else 0, FAMILY_BITS[family])
             + struct.pack(_HOST + "IIQQ", oif, 0, 0, 0))
 
 
