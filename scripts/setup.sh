@@ -12,7 +12,8 @@ fi
 
 PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetlink-dev
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
-      strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins xl2tpd
+      strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins
+      libstrongswan-extra-plugins xl2tpd
       qemu-system-x86 netsniff-ng clang llvm libbpf-dev libbpf1"
 missing=""
 for p in $PKGS; do

@@ -43,6 +43,7 @@ import tempfile
 import time
 
 CHARON = "/usr/lib/ipsec/charon"
+CHARON_PLUGIN_DIR = "/usr/lib/ipsec/plugins"
 SWANCTL = "swanctl"
 XL2TPD = "xl2tpd"
 
@@ -424,6 +425,7 @@ class Charon(_Peer):
     # -- lifecycle
     def start(self, timeout=10.0):
         """Write strongswan.conf, start charon, wait for the vici socket. Returns self."""
+        self._check_plugins()
         os.makedirs(self.run_dir, exist_ok=True)
         for sub in ("x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl", "pubkey", "private",
                     "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12"):
@@ -452,6 +454,17 @@ class Charon(_Peer):
             self.stop()
             raise
         return self
+
+    def _check_plugins(self):
+        """Every plugin we load must be installed: a missing one (e.g. openssl, which Debian ships in
+        libstrongswan-standard-plugins, a mere Recommends) fails later as NO_PROPOSAL_CHOSEN."""
+        conf = self.conf_text.split("load = ", 1)[1].split("\n", 1)[0]
+        missing = [p for p in conf.split()
+                   if not os.path.exists(os.path.join(CHARON_PLUGIN_DIR, "libstrongswan-%s.so" % p))]
+        if missing:
+            raise PeerError("%s: strongSwan plugin(s) not installed: %s (Debian: libstrongswan-standard-plugins, "
+                            "libstrongswan-extra-plugins, libcharon-extra-plugins; run scripts/setup.sh)"
+                            % (self.name, " ".join(missing)))
 
     def stop(self, timeout=5.0):
         """SIGTERM charon by pid (SIGKILL after timeout); the private /run mount dies with it."""
