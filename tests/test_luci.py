@@ -1,6 +1,8 @@
 """luci-app-passthrough: the JS view (syntax, and run under node with stand-ins for LuCI's classes,
-loaded the way LuCI's loader does it), the menu and ACL JSON (hand-written schema), and that the
-view, the menu, the ACL, the UCI defaults and the CLI agree with one another."""
+loaded the way LuCI's loader does it, fed the rpcd plugin's replies), the menu and ACL JSON
+(hand-written schema), the rpcd ucode plugin's shape, and that the view, the menu, the ACL, the
+plugin, the UCI defaults and the daemon's flow records agree with one another. The real LuCI stack
+(rpcd running the plugin, uhttpd, Chromium) is tests/luci/."""
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import pytest
 
 from passthrough import cli
 from passthrough import config as C
+from passthrough.flows import Flow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(ROOT, "openwrt_pkg", "luci-app-passthrough")
@@ -18,6 +21,7 @@ VIEW_DIR = os.path.join(APP, "htdocs", "luci-static", "resources", "view")
 VIEW = os.path.join(VIEW_DIR, "passthrough.js")
 MENU = os.path.join(APP, "root", "usr", "share", "luci", "menu.d", "luci-app-passthrough.json")
 ACL = os.path.join(APP, "root", "usr", "share", "rpcd", "acl.d", "luci-app-passthrough.json")
+PLUGIN = os.path.join(APP, "root", "usr", "share", "rpcd", "ucode", "luci.passthrough")
 NODE = "/usr/bin/node"
 
 
@@ -56,17 +60,24 @@ HARNESS = r"""
 const fs = require('fs');
 const src = fs.readFileSync(process.argv[2], 'utf8');
 const scenarios = JSON.parse(fs.readFileSync(process.argv[3], 'utf8'));
-const out = { options: [], tabs: [], polls: [], exec: [], tables: [], sections: [] };
+const out = { options: [], tabs: [], polls: [], calls: [], declared: [], tables: [], summaries: [], sections: [] };
 
 global._ = (s) => s;
 String.prototype.format = function() {
 	const args = Array.prototype.slice.call(arguments);
 	return this.replace(/%([sd])/g, (m, t) => { const v = args.shift(); return t == 'd' ? String(Math.floor(+v)) : String(v); });
 };
+function mk(tag, attrs, children) {
+	const n = { tag: tag, attrs: attrs || {}, children: children == null ? [] : [].concat(children) };
+	Object.defineProperty(n, 'firstChild', { get: () => n.children[0] || null });
+	n.removeChild = (c) => { n.children.splice(n.children.indexOf(c), 1); return c; };
+	n.appendChild = (c) => { n.children.push(c); return c; };
+	return n;
+}
 const E = global.E = function(tag, attrs, children) {
 	if (Array.isArray(attrs) || typeof(attrs) == 'string') { children = attrs; attrs = {}; }
-	if (Array.isArray(tag)) return { tag: 'fragment', attrs: {}, children: tag.concat(children == null ? [] : children) };
-	return { tag: tag, attrs: attrs || {}, children: children == null ? [] : [].concat(children) };
+	if (Array.isArray(tag)) return mk('fragment', {}, tag.concat(children == null ? [] : children));
+	return mk(tag, attrs, children);
 };
 function text(node) {
 	if (node == null) return '';
@@ -106,13 +117,18 @@ class Map {
 const form = { Map, NamedSection, Flag, Value, ListValue, TypedSection: class {}, DummyValue: class {} };
 const widgets = { DeviceSelect };
 let scenario = null;
-const fsStub = {
-	exec_direct: (cmd, args, type) => { out.exec.push(['exec_direct', cmd, args, type]); return scenario.direct instanceof Object ? Promise.reject(new Error(scenario.direct.error)) : Promise.resolve(scenario.direct); },
-	exec: (cmd, args) => { out.exec.push(['exec', cmd, args]); return Promise.resolve(scenario.exec); }
-};
+// rpc.declare as LuCI's: returns a function that performs the ubus call; a scenario is either
+// the plugin's reply or { reject: message } (the call itself failed, e.g. ACL)
+const rpc = { declare: (opts) => {
+	out.declared.push({ object: opts.object, method: opts.method, params: opts.params || [], expect: opts.expect });
+	return function() {
+		out.calls.push([opts.object, opts.method].concat(Array.prototype.slice.call(arguments)));
+		return scenario.reject ? Promise.reject(new Error(scenario.reject)) : Promise.resolve(scenario.reply);
+	};
+} };
 const poll = { add: (fn, interval) => out.polls.push({ fn: fn, interval: interval }) };
 const view = { extend: (proto) => proto };
-const env = { view, form, fs: fsStub, poll, 'tools.widgets': widgets };
+const env = { view, form, rpc, poll, 'tools.widgets': widgets };
 
 // LuCI's loader: the file is the body of a function whose parameters are the required classes
 const requires = [];
@@ -123,13 +139,21 @@ const v = factory(...requires.map(r => env[r[0]]));
 
 (async () => {
 	out.viewMethods = Object.keys(v).sort();
-	const el = await v.render();
+	scenario = scenarios[0];
+	const loaded = await v.load();        // LuCI: render(await load())
+	const el = await v.render(loaded);
 	out.rendered = text(el);
-	out.parsed = v.parseStatus(scenarios[0].direct);
-	const table = { attrs: { id: 'passthrough_flows' } };
+	const summary = (function find(n) {
+		if (!n || typeof(n) != 'object') return null;
+		if (n.attrs && n.attrs.id == 'passthrough_summary') return n;
+		for (const c of n.children || []) { const f = find(c); if (f) return f; }
+		return null;
+	})(el);
+	out.summaries.push(text(summary));
 	for (const sc of scenarios) {
 		scenario = sc;
 		await out.polls[0].fn();
+		out.summaries.push(text(summary));
 	}
 	out.options = out.options.map(o => ({ name: o.name, widget: o.widget, tab: o.tab, default: o.default === undefined ? null : o.default,
 		rmempty: o.rmempty === undefined ? null : o.rmempty, datatype: o.datatype || null, values: o.values,
@@ -140,12 +164,23 @@ const v = factory(...requires.map(r => env[r[0]]));
 """
 
 
-def flow(**kw):
-    f = {"kind": "esp", "lan_ip": "192.168.1.10", "lan_port": None, "wan_port": None, "remote_ip": "203.0.113.2",
-         "remote_port": None, "key": "0xc0ffee01", "key_out": "0x11112222", "state": "established", "zone": 4097,
-         "age": 12.6, "idle": 0.5, "packets": 40}
-    f.update(kw)
-    return json.dumps(f, sort_keys=True)  # what `passthrough status --json` prints per flow
+def daemon_flows():
+    """Flow records as the daemon's `status` command sends them (Flow.as_dict), + offloaded."""
+    now = 1000.0
+    esp = Flow("esp", "192.168.1.10", "203.0.113.2", 0xc0ffee01, now - 12.6, zone=4097)
+    esp.key_out, esp.packets, esp.state = 0x11112222, 40, "established"
+    l2tp = Flow("l2tp", "192.168.1.11", "203.0.113.2", 4711, now - 3, zone=4098)
+    l2tp.lan_port, l2tp.wan_port, l2tp.remote_port, l2tp.packets = 1701, 1701, 1701, 7
+    natt = Flow("natt", "192.168.1.12", "203.0.113.3", 0xabcdef01, now - 1, zone=4099)
+    natt.lan_port, natt.wan_port, natt.remote_port = 4500, 61000, 4500
+    rows = [f.as_dict(now) for f in (esp, l2tp, natt)]
+    rows[0]["offloaded"] = True
+    return rows
+
+
+SUMMARY = {"backend": "nft", "queue_num": 7100, "enabled": True, "l2tp_passthrough": False, "ipsec_passthrough": True,
+           "pptp_passthrough": True, "flows": 3, "pending": 1, "hosts": {"192.168.1.10": 4097, "192.168.1.11": 4098},
+           "errors": 0, "op_failures": 0, "uptime": 61.4, "offload": {"active": False, "note": "not requested"}}
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +188,17 @@ def harness(tmp_path_factory):
     d = tmp_path_factory.mktemp("luci")
     (d / "harness.js").write_text(HARNESS)
     scenarios = [
-        # flows, and a line that is not JSON (ignored)
-        {"direct": "\n".join([flow(), flow(kind="l2tp", lan_ip="192.168.1.11", lan_port=1701, wan_port=1701,
-                                           remote_port=1701, key=4711, age=3), "garbage"]) + "\n"},
-        # no output, no daemon: fs.exec gives the reason
-        {"direct": "", "exec": {"code": 1, "stdout": "",
-                                "stderr": "passthrough: no daemon answers on /var/run/passthrough.sock: [Errno 2]\n"}},
-        # no output, daemon fine: no flows
-        {"direct": "", "exec": {"code": 0, "stdout": "", "stderr": ""}},
-        # the request itself fails (e.g. ACL)
-        {"direct": {"error": "Permission denied"}},
+        # the plugin's getStatus reply with flows
+        {"reply": {"flows": daemon_flows(), "summary": SUMMARY}},
+        # no daemon: the plugin's clear error
+        {"reply": {"error": "passthrough daemon not running (/var/run/passthrough.sock: connect(): No such file "
+                            "or directory)", "socket": "/var/run/passthrough.sock"}},
+        # daemon fine, no flows
+        {"reply": {"flows": [], "summary": dict(SUMMARY, flows=0, hosts={})}},
+        # the call itself fails (ACL, rpcd down)
+        {"reject": "Permission denied"},
+        # garbage in the reply does not break the table
+        {"reply": {"flows": [None, "x", {"kind": "ike"}], "summary": None}},
     ]
     (d / "scenarios.json").write_text(json.dumps(scenarios))
     r = subprocess.run([node(), str(d / "harness.js"), VIEW, str(d / "scenarios.json")],
@@ -212,25 +248,44 @@ def test_view_defaults_and_ranges_match_the_config(harness):
             assert o["datatype"] == "range(%d,%d)" % C.INT_OPTIONS[name], name
 
 
-def test_flow_table_from_status_json(harness):
+def test_flow_table_from_luci_passthrough(harness):
+    assert harness["declared"] == [{"object": "luci.passthrough", "method": "getStatus", "params": [], "expect": {}}]
     assert harness["polls"] == [{"interval": 5}]
-    assert harness["exec"][0] == ["exec_direct", "/usr/bin/passthrough", ["status", "--json"], "text"]
-    assert len(harness["parsed"]) == 2 and harness["parsed"][1]["key"] == 4711
+    assert harness["calls"][0] == ["luci.passthrough", "getStatus"]  # load(), then each poll
+    assert len(harness["calls"]) == 6
     tables = [t for t in harness["tables"] if t["id"] == "passthrough_flows"]
-    assert tables[0]["rows"] == [] and "Collecting" in tables[0]["placeholder"]
-    rows = tables[1]["rows"]
-    assert rows[0] == ["ESP", "192.168.1.10", "-", "-", "203.0.113.2", "-", "0xc0ffee01", "established", "13s", "40"]
-    assert rows[1] == ["L2TP", "192.168.1.11", "1701", "1701", "203.0.113.2", "1701", "4711", "established", "3s", "40"]
-    assert "no daemon answers" in tables[2]["placeholder"] and tables[2]["rows"] == []
-    assert ["exec", "/usr/bin/passthrough", ["status", "--json"]] in harness["exec"]
-    assert "No VPN flows" in tables[3]["placeholder"]
-    assert "Permission denied" in tables[4]["placeholder"]
-    assert "Active VPN flows" in harness["rendered"]
+    assert len(tables) == 6  # the first render from load(), then one per poll
+    rows = tables[0]["rows"]
+    assert rows == tables[1]["rows"]
+    assert rows[0] == ["ESP", "192.168.1.10", "-", "203.0.113.2", "c0ffee01", "established", "4097", "yes", "40"]
+    assert rows[1] == ["L2TP", "192.168.1.11", "1701", "203.0.113.2:1701", "4711", "up", "4098", "no", "7"]
+    assert rows[2] == ["ESP-in-UDP", "192.168.1.12", "4500 \u2192 61000", "203.0.113.3:4500", "abcdef01", "up", "4099",
+                       "no", "0"]
+    assert "passthrough daemon not running" in tables[2]["placeholder"] and tables[2]["rows"] == []
+    assert "No VPN flows" in tables[3]["placeholder"] and tables[3]["rows"] == []
+    assert "Permission denied" in tables[4]["placeholder"] and tables[4]["rows"] == []
+    assert tables[5]["rows"] == [["IKE", "-", "-", "-", "-", "-", "-", "no", "-"]]
+    assert "Active VPN flows" in harness["rendered"] and "Daemon status" in harness["rendered"]
 
 
-def test_view_fields_are_the_cli_status_columns():
-    m = re.search(r"var STATUS_FIELDS = \[([^\]]*)\]", view_source())
-    assert tuple(re.findall(r"'(\w+)'", m.group(1))) == cli.STATUS_COLUMNS
+def test_summary_box(harness):
+    first = harness["summaries"][0]
+    assert "enabled" in first and "on / off / on" in first  # ipsec / l2tp / pptp
+    assert "3 (1 pending)" in first and "nft, queue 7100" in first and "off (not requested)" in first
+    assert "61s" in first
+    assert "passthrough daemon not running" in harness["summaries"][2]
+    assert "0 (1 pending)" in harness["summaries"][3] and "LAN hosts with a VPN0" in harness["summaries"][3]
+    assert "Permission denied" in harness["summaries"][4]
+    assert "Passthrough" in harness["summaries"][5]  # a summary of null: defaults, no exception
+
+
+def test_view_fields_are_daemon_flow_fields():
+    m = re.search(r"var FLOW_FIELDS = \[([^\]]*)\]", view_source())
+    fields = re.findall(r"'(\w+)'", m.group(1))
+    record = daemon_flows()[0]
+    assert set(fields) <= set(record), set(fields) - set(record)
+    # what the CLI's status table shows is in the page too (age/idle are not: they change each poll)
+    assert set(cli.STATUS_COLUMNS) - {"age"} <= set(fields)
 
 
 # --- JSON files ---------------------------------------------------------------------------------------
@@ -318,19 +373,40 @@ def test_menu_points_at_the_view_and_the_acl():
     assert entry["depends"]["uci"] == {"passthrough": True}
 
 
+def plugin_methods():
+    """Method names of the rpcd ucode plugin's `luci.passthrough` object (its `methods` table)."""
+    with open(PLUGIN) as f:
+        src = f.read()
+    assert "return { 'luci.passthrough': methods };" in src
+    body = src[src.index("const methods = {"):]
+    return re.findall(r"^\t(\w+): \{$", body, re.M)
+
+
 def test_acl_grants_exactly_what_the_view_runs():
     acl = load(ACL)["luci-app-passthrough"]
     src = view_source()
-    cmd = re.search(r"var STATUS_CMD = '([^']+)';", src).group(1)
-    args = re.findall(r"'([^']+)'", re.search(r"var STATUS_ARGS = \[([^\]]*)\]", src).group(1))
-    # rpcd and cgi-io check "<executable> <arg> <arg>..." against the file ACL when the bare
-    # executable is not allowed: grant only that exact command line
-    assert acl["read"]["file"] == {" ".join([cmd] + args): ["exec"]}
-    assert acl["read"]["uci"] == ["passthrough"] and acl["write"] == {"uci": ["passthrough"]}
-    # every command the view executes is that one
-    calls = re.findall(r"fs\.(exec\w*)\(([^)]*)\)", src)
-    assert calls and all(c[1].startswith("STATUS_CMD, STATUS_ARGS") for c in calls), calls
-    assert not re.search(r"fs\.(read|write|list|remove|stat)", src)
+    declared = re.findall(r"rpc\.declare\(\{\s*object: '([\w.]+)',\s*method: '(\w+)'", src)
+    assert declared == [("luci.passthrough", "getStatus")]
+    # ubus: the plugin's methods, all read-only; nothing through the file plugin's exec any more
+    assert acl["read"] == {"ubus": {"luci.passthrough": plugin_methods()}, "uci": ["passthrough"]}
+    assert set(m for _, m in declared) <= set(plugin_methods()) == {"getStatus", "getStats"}
+    assert acl["write"] == {"uci": ["passthrough"]}
+    assert not re.search(r"\bfs\.|'require fs'", src)
+
+
+def test_plugin_is_a_ucode_rpcd_plugin():
+    """In luci-app-upnp's style: returns { '<object>': { method: { call: fn } } }, reads the
+    daemon's control socket over AF_UNIX with the socket module, never throws into rpcd."""
+    with open(PLUGIN) as f:
+        src = f.read()
+    assert src.count("'use strict';") == 1
+    assert "import * as socket from 'socket';" in src and "socket.AF_UNIX" in src
+    assert "'/var/run/passthrough.sock'" in src  # the daemon's default (config.DEFAULTS)
+    assert C.DEFAULTS["control_socket"] == "/var/run/passthrough.sock"
+    assert "control_socket" in src  # and the uci option that moves it
+    assert src.count("call: guarded(") == len(plugin_methods())
+    for cmd in ("'status'", "'stats'"):
+        assert "ask(%s)" % cmd in src
 
 
 def test_view_config_and_uci_file_agree():

@@ -162,7 +162,7 @@ def test_control_data(built):
     lu = unpack(built[LUCI_IPK])
     lc = control_fields(lu["ctl"]["./control"])
     assert lc["Package"] == "luci-app-passthrough" and lc["Version"] == VERSION and lc["Architecture"] == "all"
-    assert [d.strip() for d in lc["Depends"].split(",")] == ["luci-base", "passthrough"]
+    assert [d.strip() for d in lc["Depends"].split(",")] == ["luci-base", "passthrough", "ucode-mod-socket"]
     assert "rpcd" in lu["ctl"]["./postinst"]
 
 
@@ -191,6 +191,7 @@ def test_data_layout(built):
     lu = unpack(built[LUCI_IPK])
     assert sorted(lu["data"]) == ["./usr/share/luci/menu.d/luci-app-passthrough.json",
                                   "./usr/share/rpcd/acl.d/luci-app-passthrough.json",
+                                  "./usr/share/rpcd/ucode/luci.passthrough",
                                   "./www/luci-static/resources/view/passthrough.js"]
 
 

@@ -1,7 +1,7 @@
 'use strict';
 'require view';
 'require form';
-'require fs';
+'require rpc';
 'require poll';
 'require tools.widgets as widgets';
 
@@ -9,91 +9,132 @@
  * Services > VPN Passthrough: /etc/config/passthrough (section 'global') and the VPN flows the
  * daemon tracks. Save & Apply commits the config; procd's reload trigger then makes the running
  * daemon re-read it within a second (a refused value is logged, the last good config stays).
+ *
+ * Live state comes over ubus from luci-app-passthrough's rpcd ucode plugin (`luci.passthrough`,
+ * /usr/share/rpcd/ucode/luci.passthrough), which asks the daemon's control socket. The plugin
+ * answers { error: ... } when the daemon is not running; a refused call (ACL) rejects.
  */
 
-var STATUS_CMD = '/usr/bin/passthrough';
-var STATUS_ARGS = [ 'status', '--json' ];
+var callGetStatus = rpc.declare({
+	object: 'luci.passthrough',
+	method: 'getStatus',
+	expect: { }
+});
 
-/* Fields of `passthrough status --json` (one JSON object per flow per line) shown in the table. */
-var STATUS_FIELDS = [ 'kind', 'lan_ip', 'lan_port', 'wan_port', 'remote_ip', 'remote_port',
-	'key', 'state', 'age', 'packets' ];
+/* Fields of the daemon's flow records (`status` command) the table shows, in column order. */
+var FLOW_FIELDS = [ 'kind', 'lan_ip', 'lan_port', 'wan_port', 'remote_ip', 'remote_port',
+	'key', 'state', 'zone', 'offloaded', 'packets' ];
 
 var KIND_NAMES = { ike: 'IKE', esp: 'ESP', natt: 'ESP-in-UDP', l2tp: 'L2TP' };
 
+function dash(v) {
+	return (v == null || v === '') ? '-' : String(v);
+}
+
 return view.extend({
-	/* One flow object per JSON line; lines that are not JSON objects are skipped. */
-	parseStatus: function(text) {
-		var flows = [];
-
-		String(text || '').split(/\n/).forEach(function(line) {
-			var f;
-
-			line = line.trim();
-			if (line.charAt(0) != '{')
-				return;
-
-			try { f = JSON.parse(line); }
-			catch (e) { return; }
-
-			if (f && typeof(f) == 'object')
-				flows.push(f);
-		});
-
-		return flows;
+	load: function() {
+		return this.fetchStatus();
 	},
 
-	formatCell: function(field, value) {
-		if (value == null || value === '')
+	/* The plugin's reply, or { error: ... } for a failed call: never rejects. */
+	fetchStatus: function() {
+		return callGetStatus().then(function(res) {
+			if (!res || typeof(res) != 'object')
+				return { error: _('No reply from luci.passthrough') };
+
+			return res;
+		}, function(err) {
+			return { error: (err && err.message) ? err.message : String(err) };
+		});
+	},
+
+	formatPorts: function(f) {
+		if (f.lan_port == null && f.wan_port == null)
 			return '-';
 
-		switch (field) {
-		case 'kind':
-			return KIND_NAMES[value] || String(value);
+		if (f.wan_port == null || f.wan_port == f.lan_port)
+			return dash(f.lan_port);
 
-		case 'age':
-			return '%ds'.format(Math.round(+value));
-
-		default:
-			return String(value);
-		}
+		return '%s \u2192 %s'.format(dash(f.lan_port), dash(f.wan_port));
 	},
 
+	formatRemote: function(f) {
+		return f.remote_port != null ? '%s:%s'.format(dash(f.remote_ip), f.remote_port) : dash(f.remote_ip);
+	},
+
+	/* One table row per flow: Type, LAN host, Ports, Server, Key, State, Zone, Offloaded, Packets. */
 	flowRows: function(flows) {
 		var self = this;
 
-		return flows.map(function(f) {
-			return STATUS_FIELDS.map(function(field) {
-				return self.formatCell(field, f[field]);
-			});
+		return (Array.isArray(flows) ? flows : []).filter(function(f) {
+			return f && typeof(f) == 'object';
+		}).map(function(f) {
+			return [
+				KIND_NAMES[f.kind] || dash(f.kind),
+				dash(f.lan_ip),
+				self.formatPorts(f),
+				self.formatRemote(f),
+				dash(f.key),
+				dash(f.state),
+				dash(f.zone),
+				f.offloaded ? _('yes') : _('no'),
+				dash(f.packets)
+			];
 		});
 	},
 
-	updateFlows: function(table) {
-		var self = this;
+	/* [label, value] pairs of the daemon summary. */
+	summaryRows: function(s) {
+		var onoff = function(v) { return v ? _('on') : _('off') };
+		var hosts = (s.hosts && typeof(s.hosts) == 'object') ? Object.keys(s.hosts).length : 0;
+		var off = s.offload || {};
 
-		return fs.exec_direct(STATUS_CMD, STATUS_ARGS, 'text').then(function(out) {
-			var flows = self.parseStatus(out);
+		return [
+			[ _('Passthrough'), s.enabled ? _('enabled') : _('disabled') ],
+			[ _('IPsec / L2TP / PPTP'), '%s / %s / %s'.format(onoff(s.ipsec_passthrough), onoff(s.l2tp_passthrough), onoff(s.pptp_passthrough)) ],
+			[ _('Tracked flows'), '%d (%d pending)'.format(+s.flows || 0, +s.pending || 0) ],
+			[ _('LAN hosts with a VPN'), String(hosts) ],
+			[ _('Queue'), '%s, queue %s'.format(dash(s.backend), dash(s.queue_num)) ],
+			[ _('Data offload'), off.active ? _('active') : (off.note ? _('off (%s)').format(off.note) : _('off')) ],
+			[ _('Errors'), String((+s.errors || 0) + (+s.op_failures || 0)) ],
+			[ _('Uptime'), '%ds'.format(Math.round(+s.uptime || 0)) ]
+		];
+	},
 
-			if (flows.length || String(out || '').trim() != '')
-				return flows;
+	renderSummary: function(node, status) {
+		var rows;
 
-			/* no output: either no flows or no daemon; fs.exec tells which (same ACL) */
-			return fs.exec(STATUS_CMD, STATUS_ARGS).then(function(res) {
-				if (res && res.code != 0)
-					throw new Error((res.stderr || '').trim() || _('passthrough is not running'));
-
-				return self.parseStatus(res ? res.stdout : '');
+		if (status.error) {
+			rows = [ E('div', { 'class': 'alert-message warning', 'id': 'passthrough_error' },
+				_('Flow status unavailable: %s').format(status.error)) ];
+		}
+		else {
+			rows = this.summaryRows(status.summary || {}).map(function(r) {
+				return E('tr', { 'class': 'tr' }, [
+					E('td', { 'class': 'td left', 'width': '33%' }, r[0]),
+					E('td', { 'class': 'td left' }, r[1])
+				]);
 			});
-		}).then(function(flows) {
-			cbi_update_table(table, self.flowRows(flows),
+			rows = [ E('table', { 'class': 'table' }, rows) ];
+		}
+
+		while (node.firstChild)
+			node.removeChild(node.firstChild);
+
+		rows.forEach(function(r) { node.appendChild(r) });
+	},
+
+	updateStatus: function(summary, table, status) {
+		this.renderSummary(summary, status);
+
+		if (status.error)
+			cbi_update_table(table, [], E('em', _('Flow status unavailable: %s').format(status.error)));
+		else
+			cbi_update_table(table, this.flowRows(status.flows),
 				E('em', _('No VPN flows are being tracked right now.')));
-		}).catch(function(err) {
-			cbi_update_table(table, [],
-				E('em', _('Flow status unavailable: %s').format(err.message || err)));
-		});
 	},
 
-	render: function() {
+	render: function(status) {
 		var m, s, o, self = this;
 
 		m = new form.Map('passthrough', _('VPN Passthrough'),
@@ -132,12 +173,14 @@ return view.extend({
 		o = s.taboption('general', widgets.DeviceSelect, 'lan_device', _('LAN device'),
 			_('The device the VPN clients are on, usually the LAN bridge.'));
 		o.noaliases = true;
+		o.datatype = 'netdevname';
 		o.default = 'br-lan';
 		o.rmempty = false;
 
 		o = s.taboption('general', widgets.DeviceSelect, 'wan_device', _('WAN device'),
 			_('The Internet side: the layer-3 device of the WAN (e.g. pppoe-wan for PPPoE).'));
 		o.noaliases = true;
+		o.datatype = 'netdevname';
 		o.default = 'wan';
 		o.rmempty = false;
 
@@ -183,30 +226,34 @@ return view.extend({
 		o.placeholder = '7100';
 
 		return m.render().then(function(mapEl) {
+			var summary = E('div', { 'id': 'passthrough_summary' });
 			var table = E('table', { 'class': 'table', 'id': 'passthrough_flows' }, [
 				E('tr', { 'class': 'tr table-titles' }, [
 					E('th', { 'class': 'th' }, _('Type')),
 					E('th', { 'class': 'th' }, _('LAN host')),
-					E('th', { 'class': 'th' }, _('LAN port')),
-					E('th', { 'class': 'th' }, _('WAN port')),
+					E('th', { 'class': 'th' }, _('Ports (LAN \u2192 WAN)')),
 					E('th', { 'class': 'th' }, _('Server')),
-					E('th', { 'class': 'th' }, _('Server port')),
 					E('th', { 'class': 'th' }, _('Key (SPI / tunnel)')),
 					E('th', { 'class': 'th' }, _('State')),
-					E('th', { 'class': 'th' }, _('Age')),
+					E('th', { 'class': 'th' }, _('Zone')),
+					E('th', { 'class': 'th' }, _('Offloaded')),
 					E('th', { 'class': 'th' }, _('Packets'))
 				])
 			]);
 
-			cbi_update_table(table, [], E('em', _('Collecting data...')));
+			self.updateStatus(summary, table, status || { error: _('Collecting data...') });
 
 			poll.add(function() {
-				return self.updateFlows(table);
+				return self.fetchStatus().then(function(st) {
+					self.updateStatus(summary, table, st);
+				});
 			}, 5);
 
 			return E([], [
 				mapEl,
-				E('div', { 'class': 'cbi-section' }, [
+				E('div', { 'class': 'cbi-section', 'id': 'passthrough_status' }, [
+					E('h3', _('Daemon status')),
+					summary,
 					E('h3', _('Active VPN flows')),
 					table
 				])
