@@ -226,6 +226,7 @@ def save(drv, timeout=15):
 def save_apply(drv, timeout=60):
     """Save & Apply: LuCI's apply with rollback (rpcd `uci apply` + the confirm round), until
     'Configuration changes applied.' and the page reload."""
+    _js(drv, "window.__ptBeforeApply = true")  # gone once LuCI has reloaded the page
     _page_button(drv, ".cbi-button-apply").click()
     seen = {"applying": False}
 
@@ -244,10 +245,15 @@ def save_apply(drv, timeout=60):
 
     res = _wait(drv, done, timeout, "'Configuration changes applied'")
     # the page reloads itself after apply_display seconds
-    _wait(drv, lambda d: view_ready(d) and d.find_elements(By.ID, "passthrough_flows")
-          and "Configuration changes applied" not in (_js(d, "return document.body.innerText") or ""),
-          timeout, "the page to reload after apply")
+    wait_reloaded(drv, timeout)
     return res
+
+
+def wait_reloaded(drv, timeout=30):
+    """A new document (window.__ptBeforeApply unset) whose view and form have rendered."""
+    _wait(drv, lambda d: _js(d, "return !window.__ptBeforeApply && document.readyState == 'complete'")
+          and view_ready(d) and d.find_elements(By.ID, "passthrough_flows")
+          and d.find_elements(By.ID, "cbi-%s-%s-enabled" % (CONFIG, SECTION)), timeout, "the page to reload after apply")
 
 
 def read_flow_table(drv):
