@@ -356,10 +356,12 @@ class LuciRouter:
         """The real passthrough daemon in the namespace (host Python, not in the chroot), reading
         the root's /etc/config/passthrough (the file LuCI writes) and answering on the root's
         /var/run/passthrough.sock, where the plugin looks. The devices of the shipped config are
-        made as veth pairs."""
+        made as veth pairs where the namespace has none of that name (a lab's router has them)."""
         from passthrough.cli import ask
 
         for dev in devices:
+            if self.nsrun("ip", "link", "show", dev, check=False).returncode == 0:
+                continue  # a lab's device
             # no dummy driver in this kernel: a veth pair, its peer unused
             self.nsrun("ip", "link", "add", dev, "type", "veth", "peer", "name", (dev + "-p")[:15])
             for d in (dev, (dev + "-p")[:15]):
