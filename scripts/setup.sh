@@ -14,7 +14,9 @@ PKGS="python3 python3-venv python3-dev gcc make libnetfilter-queue-dev libnfnetl
       nftables iptables conntrack tcpdump tshark ethtool iproute2 iputils-ping procps nodejs
       strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins
       libstrongswan-extra-plugins xl2tpd
-      qemu-system-x86 netsniff-ng clang llvm libbpf-dev libbpf1 chromium chromium-driver"
+      qemu-system-x86 netsniff-ng clang llvm libbpf-dev libbpf1 chromium chromium-driver
+      cmake meson ninja-build pkg-config patch libjson-c-dev libssl-dev zlib1g-dev libbsd-dev
+      libnl-3-dev libnl-route-3-dev libnl-genl-3-dev libcrypt-dev lemon"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
