@@ -33,6 +33,7 @@ FILES = os.path.join(PKG, "passthrough", "files")
 VERSION = "0.1.0-1"
 PT_IPK = "passthrough_%s_x86_64.ipk" % VERSION  # build_ipk.DEFAULT_ARCH: the package holds a BPF object
 LUCI_IPK = "luci-app-passthrough_%s_all.ipk" % VERSION
+NFQ_IPK = "python3-netfilterqueue_1.1.0-1_x86_64.ipk"  # from the host's compiled extension (x86_64 only)
 
 
 def sha(path):
@@ -93,7 +94,7 @@ def test_build_twice_gives_the_same_bytes(tmp_path):
     assert r.returncode == 0, r.stderr
     r2 = run([sys.executable, os.path.join(PKG, "build_ipk.py"), str(b)])
     assert r2.returncode == 0, r2.stderr
-    assert sorted(os.listdir(a)) == sorted(os.listdir(b)) == sorted([LUCI_IPK, PT_IPK])
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b)) == sorted([LUCI_IPK, PT_IPK, NFQ_IPK])
     for fn in os.listdir(a):
         assert (a / fn).read_bytes() == (b / fn).read_bytes(), fn
     printed = dict(line.split("  ", 1)[::-1] for line in r.stdout.splitlines())
@@ -108,12 +109,18 @@ def test_build_twice_gives_the_same_bytes(tmp_path):
     assert (c / PT_IPK).read_bytes() != (a / PT_IPK).read_bytes() or build_ipk.source_epoch() == 1700000000
 
 
+def tree_order(names):
+    """GNU tar --sort=name (what ipkg-build uses): each directory's entries sorted, a directory
+    followed by its contents, i.e. sorted by path components."""
+    return sorted(names, key=lambda n: n.split("/"))
+
+
 def test_container_format_is_ipkg_build_style(built):
     for name in (PT_IPK, LUCI_IPK):
         u = unpack(built[name])
         blob = u["blob"]
         assert blob[:3] == b"\x1f\x8b\x08"  # gzip, deflate
-        assert blob[3] & 0x08 == 0 and blob[4:8] == b"\0\0\0\0"  # no file name, mtime 0
+        assert blob[3] & 0x08 == 0 and blob[4:8] == b"\0\0\0\0"  # gzip -n: no file name, mtime 0
         assert [m.name for m in u["outer"]] == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
         assert u["members"]["./debian-binary"] == b"2.0\n"
         for inner in ("./data.tar.gz", "./control.tar.gz"):
@@ -121,14 +128,35 @@ def test_container_format_is_ipkg_build_style(built):
             assert z[3] & 0x08 == 0 and z[4:8] == b"\0\0\0\0"
         epoch = None
         for m in u["outer"] + u["ctl_infos"] + u["data_infos"]:
-            assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "root", "root"), m.name
+            # ipkg-build: tar --numeric-owner (no user names), the files belong to root
+            assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", ""), m.name
             epoch = m.mtime if epoch is None else epoch
             assert m.mtime == epoch, m.name
         for infos in (u["ctl_infos"], u["data_infos"]):
             names = [m.name for m in infos]
-            assert names == sorted(names) and names[0] == "." and all(n.startswith("./") for n in names[1:])
+            assert names == tree_order(names) and names[0] == "." and all(n.startswith("./") for n in names[1:])
         ctl = u["ctl"]["./control"]
         assert "SourceDateEpoch: %d\n" % epoch in ctl
+
+
+def test_ipk_is_made_by_openwrts_ipkg_build(tmp_path):
+    """build_ipk.py stages the package and runs scripts/ipkg-build of the pinned openwrt tree
+    (not a copy): a stand-in ipkg-build given as the tool shows it is called with the staged
+    directory (CONTROL/ as package-pack.mk writes it) and the epoch."""
+    fake = tmp_path / "ipkg-build"
+    log = tmp_path / "log"
+    fake.write_text("#!/bin/sh\n{ echo \"$@\"; echo \"SDE=$SOURCE_DATE_EPOCH TZ=$TZ\"; ls \"$1/CONTROL\"; "
+                    "cat \"$1/CONTROL/control\"; } > %s\nexit 3\n" % log)
+    fake.chmod(0o755)
+    with pytest.raises(build_ipk.BuildError) as e:
+        build_ipk.write_ipk(build_ipk.build_luci(), str(tmp_path), 1700000000, str(fake))
+    assert "ipkg-build luci-app-passthrough failed (exit 3" in str(e.value)
+    text = log.read_text()
+    assert "SDE=1700000000 TZ=UTC" in text and "\npostinst\n" in text
+    assert "Package: luci-app-passthrough\n" in text and "Installed-Size: 0\n" in text
+    real = build_ipk._pkgdb().ipkg_build_script()
+    assert real.endswith("/openwrt/scripts/ipkg-build") and not real.startswith(ROOT + os.sep)
+    assert "ipkg-build -- construct a .ipk from a directory" in open(real).read()
 
 
 def control_fields(text):
@@ -158,6 +186,10 @@ def test_control_data(built):
     assert ". /etc/uci-defaults/95_passthrough" in post
     assert 'S95passthrough' in post and 'K10passthrough' in post
     assert "/usr/bin/passthrough flush" in u["ctl"]["./prerm"]
+    # offline removal (IPKG_INSTROOT): only the image's rc.d links go, as `rc.common disable` does
+    prerm_offline = u["ctl"]["./prerm"].split('if [ -n "${IPKG_INSTROOT}" ]; then\n', 1)[1].split("\nfi\n", 1)[0]
+    assert 'rm -f "${IPKG_INSTROOT}"/etc/rc.d/S??passthrough "${IPKG_INSTROOT}"/etc/rc.d/K??passthrough' in prerm_offline
+    assert "exit 0" in prerm_offline and "/etc/init.d/passthrough stop" not in prerm_offline
     assert "uci -q delete firewall.passthrough" in u["ctl"]["./postrm"]
     lu = unpack(built[LUCI_IPK])
     lc = control_fields(lu["ctl"]["./control"])
@@ -695,15 +727,30 @@ def test_installer_conffiles_status_and_refusals(tmp_path, built):
     assert ipk_install.install(str(tmp_path / "root2"), str(tmp_path / "ar.ipk")) == "passthrough"
     assert (tmp_path / "root2/usr/bin/passthrough").exists()
     # members escaping the root are refused
-    evil_data = build_ipk.tar_bytes([(".", 0o755, None), ("./../escape", 0o644, b"x")], 0)
-    ctl = build_ipk.tar_bytes([("./control", 0o644, b"Package: evil\nVersion: 1\n")], 0)
-    outer = build_ipk.tar_bytes([("./debian-binary", 0o644, b"2.0\n"),
-                                 ("./data.tar.gz", 0o644, build_ipk.gzip_bytes(evil_data)),
-                                 ("./control.tar.gz", 0o644, build_ipk.gzip_bytes(ctl))], 0)
-    (tmp_path / "evil.ipk").write_bytes(build_ipk.gzip_bytes(outer))
+    evil_data = tar_of([(".", 0o755, None), ("./../escape", 0o644, b"x")])
+    ctl = tar_of([("./control", 0o644, b"Package: evil\nVersion: 1\n")])
+    outer = tar_of([("./debian-binary", 0o644, b"2.0\n"), ("./data.tar.gz", 0o644, gzip.compress(evil_data)),
+                    ("./control.tar.gz", 0o644, gzip.compress(ctl))])
+    (tmp_path / "evil.ipk").write_bytes(gzip.compress(outer))
     r = run([sys.executable, os.path.join(PKG, "ipk_install.py"), str(tmp_path / "root3"), str(tmp_path / "evil.ipk")])
     assert r.returncode == 1 and "outside the root" in r.stderr
     assert not (tmp_path / "escape").exists()
+
+
+def tar_of(entries):
+    """An uncompressed tar of (name, mode, bytes or None for a directory) entries."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, mode, data in entries:
+            ti = tarfile.TarInfo(name)
+            ti.mode = mode
+            if data is None:
+                ti.type = tarfile.DIRTYPE
+                tf.addfile(ti)
+            else:
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return raw.getvalue()
 
 
 def fw4_include_harness(tmp_path, rootfs, config_text):
