@@ -364,7 +364,9 @@ def service_postinst(tree, name):
         lines.append('[ -f %s ] && ( cd /etc/uci-defaults && . %s ) && rm -f %s' % (p, p, p))
     for p in inits:
         lines.append('[ "${PKG_UPGRADE}" = "1" ] || %s enable' % p)
-        lines.append("%s enabled && %s restart" % (p, p))
+        # default_postinst runs `start` after default_prerm's `stop`; restart only a running one
+        # (a fresh install has no procd service to delete: no "Command failed" line)
+        lines.append("%s enabled && { %s running && %s restart || %s start; }" % (p, p, p, p))
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
