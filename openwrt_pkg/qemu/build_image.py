@@ -1,30 +1,36 @@
 #!/usr/bin/env python3
-"""Build a small QEMU x86-64 "router" image from Debian bookworm packages, with passthrough in it.
+"""Build the QEMU x86-64 router image: OpenWrt's own userspace on Debian's kernel and C library.
 
-    build_image.py OUTDIR [--cache DIR] [--force] [--no-ipk]
+    build_image.py OUTDIR [--cache DIR] [--force]
 
 Output (OUTDIR): vmlinux (uncompressed, PVH entry: boots fast under TCG), initrd.cpio
-(uncompressed newc initramfs), manifest.json (inputs hash, sizes, build time, what was included).
+(uncompressed newc initramfs), manifest.json (inputs hash, sizes, build time, and every component
+of the image with its origin: OpenWrt's upstream commit or the Debian package version, and its
+binary paths in the image).
 
-How: `apt-get download` (cached under --cache, default /var/cache/passthrough-qemu; once cached no
-network is needed) + `dpkg-deb -x` of linux-image-amd64 (6.1: nft_queue, esp4, xfrm, l2tp_ppp,
-ppp_generic as modules), busybox-static (init + small tools), dash (/bin/sh: busybox ash's `ip`
-applet would shadow iproute2), python3.11 minimal + stdlib, nftables, iproute2, conntrack, kmod,
-libbpf1 (the BPF offload's loader), and the libraries they need (apt's dependency closure minus a
-deny list, then an ELF NEEDED check). Kernel modules: a subset (netfilter, ipv4/6, bridge, l2tp,
-xfrm, ppp, crypto, virtio, and tc's clsact + cls_bpf for the offload) plus their `depends=`
-closure; modules.dep/alias by the image's own depmod, so the kernel autoloads (request_module ->
-/sbin/modprobe) whatever nft asks for.
-
-passthrough goes in the OpenWrt way when openwrt_pkg/build_ipk.py and openwrt_pkg/ipk_install.py
-exist (the .ipk is built and unpacked into the root); otherwise the python packages passthrough/
-and nat/ are copied directly (manifest "install": "copy"). The netfilterqueue C extension is the
-builder's own (this venv's, cpython-311-x86_64-linux-gnu, ABI-compatible with Debian's 3.11), with
-libnetfilter-queue1 + libnfnetlink0 from Debian.
-
-Guest side (openwrt_pkg/qemu/guest/): busybox init (inittab), pt-boot (modules, network, fw4-like
-masquerade, rc.d start), pt-agent (JSON over virtio-serial), and a TEST SHIM of OpenWrt's
-/etc/rc.common + procd helpers (procd itself does not exist in a Debian image).
+Three layers, each from where it really comes from:
+1. OpenWrt (openwrt_layout.py): procd (PID 1), ubusd, logd, uci, ucode, rpcd, uhttpd, netifd,
+   firewall4, jsonfilter, opkg, apk, base-files (/etc/preinit, /etc/init.d/boot, rc.common,
+   functions.sh, config_generate, ...) and LuCI (luci_layout.py), built by userspace.py from the
+   pinned upstream commits (OPENWRT_SRC mirror or git) and installed at the paths of their package
+   Makefiles. The boot is OpenWrt's: /init -> /sbin/init (procd's) -> /etc/preinit -> procd ->
+   /etc/inittab -> rcS -> /etc/rc.d/S* (boot, log, network, firewall, rpcd, uhttpd, ...).
+2. Debian bookworm packages (`apt-get download`, cached under --cache, default
+   /var/cache/passthrough-qemu; once cached no network is needed): the kernel (linux-image-amd64
+   6.1 with nft_queue, esp4, l2tp_ppp, ppp_generic as modules; installed flat in
+   /lib/modules/<ver>/ and loaded by ubox's kmodloader from /etc/modules.d as on OpenWrt), glibc
+   and the C libraries OpenWrt's code links against (json-c, libnl-3, openssl, zlib, libbsd),
+   busybox (/bin/sh is busybox ash, as on OpenWrt; the dynamic Debian build, whose ash runs
+   /sbin/ip rather than its own applet), python3.11, nftables, iproute2, conntrack,
+   libnetfilter-queue, libbpf, and the VPN peers the tests run inside the guest (strongSwan,
+   xl2tpd, pppd). What OpenWrt would build itself from its feeds comes from Debian here; the
+   image's opkg status and apk database declare those as the OpenWrt packages they stand for
+   (pkgdb.py), so passthrough's packages install with their dependencies resolved.
+3. The test harness (guest/, not shipped to any router): the virtio-serial agent as a procd
+   service, pt-vpnlab (real L2TP/IPsec peers in guest namespaces), a uci-defaults script that
+   sets the lab's addresses (static WAN 203.0.113.1/24 on a bridge, so pt-vpnlab can put a server
+   on the WAN segment), and passthrough's packages (.ipk and .apk, built by build_ipk.py) under
+   /root/packages for the tests to install with the real opkg or apk.
 """
 import argparse
 import glob
@@ -45,18 +51,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 GUEST = os.path.join(HERE, "guest")
 DEFAULT_CACHE = os.environ.get("PT_QEMU_CACHE", "/var/cache/passthrough-qemu")
-FORMAT = 3  # bump when the image layout changes in a way the inputs hash cannot see
+FORMAT = 4  # bump when the image layout changes in a way the inputs hash cannot see
+sys.path.insert(0, HERE)
+import openwrt_layout  # noqa: E402
+import sources  # noqa: E402
+import userspace  # noqa: E402
 
 KERNEL_META = "linux-image-amd64"
 PACKAGES = [
-    "busybox-static", "dash", "python3.11-minimal", "libpython3.11-stdlib", "nftables", "libnftables1",
-    "iproute2", "conntrack", "kmod", "libnetfilter-queue1", "libnfnetlink0", "libmnl0", "netbase", "libc6",
+    "busybox", "python3.11-minimal", "libpython3.11-stdlib", "nftables", "libnftables1",
+    "iproute2", "conntrack", "libnetfilter-queue1", "libnfnetlink0", "libmnl0", "netbase", "libc6",
+    # what OpenWrt's userspace links against (OpenWrt builds these itself: libjson-c, libnl-tiny,
+    # libopenssl, zlib; libbsd only for glibc's missing strlcpy)
+    "libjson-c5", "libnl-3-200", "libnl-route-3-200", "libnl-genl-3-200", "libssl3", "zlib1g", "libbsd0",
+    "libcrypt1", "python3-yaml",
     # the BPF offload (nat/bpf.py loads /usr/lib/passthrough/offload.o with libbpf; OpenWrt: libbpf)
     "libbpf1",
     # real L2TP/IPsec peers inside the guest (kernel IPsec, pppd with /dev/ppp): tests/qemu
     "strongswan-charon", "strongswan-swanctl", "libstrongswan", "strongswan-libcharon", "xl2tpd", "ppp",
 ]
-# Pulled in by apt's closure but useless in a RAM-disk router (maintainer scripts, docs, perl).
+# Pulled in by apt's closure but useless in a RAM-disk router (maintainer scripts, docs, perl), or
+# replaced by OpenWrt's own tools (kmod: ubox's kmodloader; dash: busybox ash).
 DENY = {
     "debconf", "cdebconf", "dpkg", "install-info", "tar", "perl", "perl-base", "perl-modules-5.36",
     "libperl5.36", "mailcap", "mime-support", "media-types", "libdebian-installer4", "libnewt0.52",
@@ -64,8 +79,13 @@ DENY = {
     "debianutils", "libcap2-bin", "libsqlite3-0", "adduser", "passwd", "usrmerge", "usr-is-merged",
     "sysvinit-utils", "init-system-helpers", "lsb-base", "libsemanage2", "libsemanage-common",
     "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl", "libpam-modules",
-    "libpam-modules-bin", "libpam-runtime", "procps", "libproc2-0", "libelogind0",
+    "libpam-modules-bin", "libpam-runtime", "procps", "libproc2-0", "libelogind0", "kmod", "dash",
+    "strongswan-starter", "systemd", "systemd-sysv", "libsystemd-shared", "udev", "base-files",
+    "base-passwd", "login", "util-linux", "mount", "bsdutils", "sensible-utils", "coreutils",
 }
+# Single files taken from otherwise unwanted packages (no dependency closure): OpenWrt's busybox
+# has a flock applet (procd.sh locks each init script with it), Debian's busybox does not.
+PARTIAL = {"util-linux": ["usr/bin/flock"]}
 # Kernel module directories (under kernel/) copied into the image, plus the depends= closure.
 MODULE_DIRS = [
     "net/netfilter", "net/ipv4", "net/ipv6", "net/bridge", "net/l2tp", "net/xfrm", "net/key", "net/802",
@@ -84,10 +104,72 @@ PY_PRUNE = [
     "unittest/test", "sqlite3/test", "ctypes/test", "distutils/tests", "venv", "turtle.py",
 ]
 ROOT_PRUNE = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
-              "usr/share/bug", "usr/share/bash-completion", "usr/share/zsh", "usr/share/gdb", "usr/share/bash-completion",
+              "usr/share/bug", "usr/share/bash-completion", "usr/share/zsh", "usr/share/gdb",
               "boot", "usr/share/python3", "etc/init.d", "etc/default", "lib/systemd", "usr/lib/systemd",
-              "etc/cron.daily", "etc/logrotate.d", "usr/share/perl5", "usr/share/menu",
-              "usr/lib/x86_64-linux-gnu/gconv"]
+              "etc/cron.daily", "etc/logrotate.d", "usr/share/perl5", "usr/share/menu", "etc/ppp/ip-up.d",
+              "etc/ppp/ip-down.d", "usr/lib/x86_64-linux-gnu/gconv", "etc/network", "etc/rc.d"]
+# /etc/os-release and friends come from OpenWrt's base-files
+VERSION = {"%D": "OpenWrt", "%d": "openwrt", "%V": "SNAPSHOT", "%v": "snapshot",
+           "%C": "r0-%s (passthrough QEMU test image: glibc, Debian kernel)" % sources.PINS["openwrt"][1][:12],
+           "%c": "r0-%s" % sources.PINS["openwrt"][1][:12], "%R": "r0-%s" % sources.PINS["openwrt"][1][:12],
+           "%T": "x86", "%S": "x86/64", "%A": "x86_64", "%t": "glibc debian-kernel", "%M": "OpenWrt",
+           "%m": "https://openwrt.org/", "%b": "", "%u": "https://openwrt.org/", "%s": "", "%f": "", "%P": "QEMU",
+           "%h": "", "%B": "0", "%U": ""}
+
+# OpenWrt packages the image provides: what the opkg status / apk database declares (pkgdb.py), so
+# passthrough's packages resolve their dependencies. OpenWrt's own, built from the mirror:
+# package -> component (version YYYY.MM.DD~<commit>-r1 as OpenWrt's git packages have it).
+PROVIDED_OPENWRT = {
+    "base-files": "openwrt", "procd": "procd", "ubus": "ubus", "ubusd": "ubus", "libubus": "ubus",
+    "libubox": "libubox", "libblobmsg-json": "libubox", "jshn": "libubox", "libuci": "uci", "uci": "uci",
+    "ucode": "ucode", "libucode": "ucode", "ucode-mod-fs": "ucode", "ucode-mod-uci": "ucode", "ucode-mod-ubus": "ucode",
+    "ucode-mod-uloop": "ucode", "ucode-mod-math": "ucode", "ucode-mod-log": "ucode", "ucode-mod-struct": "ucode",
+    "ucode-mod-socket": "ucode", "ucode-mod-html": "luci", "ubox": "ubox", "logd": "ubox", "jsonfilter": "jsonpath",
+    "netifd": "netifd", "firewall4": "firewall4", "rpcd": "rpcd", "rpcd-mod-file": "rpcd", "rpcd-mod-rpcsys": "rpcd",
+    "rpcd-mod-ucode": "rpcd", "uhttpd": "uhttpd", "uhttpd-mod-ubus": "uhttpd", "uhttpd-mod-ucode": "uhttpd",
+    "opkg": "opkg-lede", "apk": "apk-tools", "liblucihttp": "lucihttp", "liblucihttp-ucode": "lucihttp",
+    "luci-base": "luci", "luci-theme-bootstrap": "luci", "luci-mod-status": "luci", "luci-mod-system": "luci",
+    "luci-mod-network": "luci", "libudebug": "udebug",
+}
+# Debian's builds standing in for OpenWrt's packages of the same software: package -> Debian package
+# (version: Debian's upstream version, -r<Debian revision>).
+PROVIDED_DEBIAN = {
+    "busybox": "busybox", "libc": "libc6", "libpthread": "libc6", "librt": "libc6", "libgcc": "libgcc-s1",
+    "python3-light": "python3.11-minimal", "python3-base": "python3.11-minimal",
+    "python3-logging": "libpython3.11-stdlib", "python3-ctypes": "libpython3.11-stdlib",
+    "python3-email": "libpython3.11-stdlib", "python3-urllib": "libpython3.11-stdlib", "python3-yaml": "python3-yaml",
+    "nftables-json": "nftables", "libnftables": "libnftables1", "conntrack": "conntrack",
+    "libnetfilter-queue": "libnetfilter-queue1", "libnfnetlink": "libnfnetlink0", "libmnl": "libmnl0",
+    "libbpf": "libbpf1", "libelf": "libelf1", "ip-full": "iproute2", "tc-full": "iproute2", "libjson-c": "libjson-c5",
+    "libnl-tiny": "libnl-3-200", "libopenssl": "libssl3", "zlib": "zlib1g", "strongswan": "strongswan-charon",
+    "xl2tpd": "xl2tpd", "ppp": "ppp", "ppp-mod-pppol2tp": "ppp",
+}
+# the kernel's modules (Debian's 6.1 kernel, loaded from /etc/modules.d): version of the kernel package
+PROVIDED_KERNEL = [
+    "kernel", "kmod-nf-conntrack", "kmod-nf-nat", "kmod-nft-core", "kmod-nft-nat", "kmod-nft-queue",
+    "kmod-nfnetlink", "kmod-nfnetlink-queue", "kmod-nf-conntrack-netlink", "kmod-nf-nathelper",
+    "kmod-nf-nathelper-extra", "kmod-nft-offload", "kmod-nft-fib", "kmod-sched-core", "kmod-sched-bpf",
+    "kmod-ipsec", "kmod-ipsec4", "kmod-l2tp", "kmod-pppol2tp", "kmod-ppp", "kmod-bridge", "kmod-veth",
+    "kmod-crypto-gcm", "kmod-crypto-aead",
+]
+
+
+def debian_version(deb):
+    """busybox_1%3a1.35.0-4+deb12u1+b1_amd64.deb -> 1.35.0-r4 (a version opkg and apk both take)."""
+    v = os.path.basename(deb).split("_")[1].replace("%3a", ":").split(":")[-1]
+    up, _, rev = v.rpartition("-") if "-" in v else (v, "", "0")
+    up = re.match(r"[0-9]+(\.[0-9]+)*", up).group(0)
+    rev = re.match(r"[0-9]*", rev).group(0) or "0"
+    return "%s-r%s" % (up, rev)
+
+
+def provided(debs, kpkg):
+    """[(name, version, arch)] the image declares to opkg and apk."""
+    out = [(n, sources.version(c) + "-r1", "x86_64") for n, c in sorted(PROVIDED_OPENWRT.items())]
+    out += [(n, debian_version(debs[d]), "x86_64") for n, d in sorted(PROVIDED_DEBIAN.items()) if d in debs]
+    out += [(n, debian_version(debs[kpkg]), "x86_64") for n in PROVIDED_KERNEL]
+    return out
+
 
 
 def log(msg):
@@ -169,7 +251,7 @@ def fetch(cache):
     debdir = os.path.join(cache, "debs")
     os.makedirs(debdir, exist_ok=True)
     listfile = os.path.join(cache, "packages.json")
-    req = hashlib.sha256(json.dumps([KERNEL_META, PACKAGES, sorted(DENY)]).encode()).hexdigest()
+    req = hashlib.sha256(json.dumps([KERNEL_META, PACKAGES, sorted(DENY), sorted(PARTIAL)]).encode()).hexdigest()
     if os.path.exists(listfile):
         with open(listfile) as f:
             cached = json.load(f)
@@ -178,7 +260,7 @@ def fetch(cache):
             if all(os.path.exists(p) for p in debs.values()):
                 return debs, cached["kernel"]
     kpkg = kernel_package()
-    names = resolve(PACKAGES) + [kpkg]
+    names = resolve(PACKAGES) + [kpkg] + sorted(PARTIAL)
     missing = [n for n in names if not deb_for(debdir, n)]
     if missing:
         log("apt-get download %d packages" % len(missing))
@@ -263,13 +345,13 @@ def modinfo_depends(path):
 
 # --- the build ---------------------------------------------------------------------------------------
 class Builder:
-    def __init__(self, outdir, cache, use_ipk=True, python=None, src=None):
+    def __init__(self, outdir, cache, python=None, with_packages=True):
         self.outdir = os.path.abspath(outdir)
         self.cache = cache
-        self.src = os.path.abspath(src or os.environ.get("PT_QEMU_SRC") or REPO)
-        self.use_ipk = use_ipk
         self.python = python or sys.executable
+        self.with_packages = with_packages
         self.notes = []
+        self.userspace = userspace.Userspace(cache)
 
     def nfq_dir(self):
         p = subprocess.run([self.python, "-c", "import netfilterqueue, os; print(os.path.dirname(netfilterqueue.__file__))"],
@@ -280,16 +362,16 @@ class Builder:
 
     def inputs_hash(self, debs):
         h = hashlib.sha256()
-        h.update(json.dumps([FORMAT, sorted(os.path.basename(p) for p in debs.values())]).encode())
-        mine = [os.path.abspath(__file__)] + tree_files(GUEST)
-        src = tree_files(os.path.join(self.src, "passthrough"), (".py",)) + tree_files(os.path.join(self.src, "nat"), (".py",))
-        extra = tree_files(os.path.join(REPO, "openwrt_pkg"), None) if self.use_ipk else []
-        extra = [p for p in extra if "/qemu/" not in p and "__pycache__" not in p and not p.endswith(".ipk")]
-        if self.use_ipk:  # the ipk compiles the BPF offload program from this source
-            extra += tree_files(os.path.join(REPO, "nat", "bpf"), (".c", ".h"))
-        h.update(sha_files(mine + src + extra + tree_files(self.nfq_dir(), (".so", ".py"))).encode())
-        h.update(b"ipk" if self.use_ipk else b"copy")
-        h.update(self.src.encode())
+        h.update(json.dumps([FORMAT, sorted(os.path.basename(p) for p in debs.values()), self.userspace.key,
+                             self.with_packages]).encode())
+        mine = [os.path.abspath(__file__)] + tree_files(GUEST) + [
+            os.path.join(HERE, n) for n in ("openwrt_layout.py", "luci_layout.py", "pkgdb.py") if os.path.exists(os.path.join(HERE, n))]
+        pkg = []
+        if self.with_packages:  # the packages are built from these
+            pkg = [p for p in tree_files(os.path.join(REPO, "openwrt_pkg")) if "/qemu/" not in p and "__pycache__" not in p]
+            pkg += tree_files(os.path.join(REPO, "passthrough"), (".py",)) + tree_files(os.path.join(REPO, "nat"), (".py", ".c", ".h"))
+            pkg += tree_files(self.nfq_dir(), (".so", ".py"))
+        h.update(sha_files(mine + pkg).encode())
         return h.hexdigest()
 
     def build(self, force=False):
@@ -304,6 +386,7 @@ class Builder:
     def _build(self, force=False):
         t0 = time.time()
         debs, kpkg = fetch(self.cache)
+        ow = self.userspace.build()
         manifest_path = os.path.join(self.outdir, "manifest.json")
         ih = self.inputs_hash(debs)
         if not force and os.path.exists(manifest_path):
@@ -319,14 +402,24 @@ class Builder:
             os.makedirs(root)
             ktree = kernel_tree(self.cache, debs[kpkg])
             for name, deb in sorted(debs.items()):
-                if name != kpkg:
+                if name != kpkg and name not in PARTIAL:
                     run(["dpkg-deb", "-x", deb, root])
+            for name, files in PARTIAL.items():
+                part = os.path.join(work, "partial-" + name)
+                run(["dpkg-deb", "-x", debs[name], part])
+                for rel in files:
+                    os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+                    shutil.copy2(os.path.join(part, rel), os.path.join(root, rel))
             kver = os.listdir(os.path.join(ktree, "lib", "modules"))[0]
             self.prune(root)
+            placed = openwrt_layout.install_openwrt(root, ow, VERSION)
+            openwrt_layout.preinit_conf(root, fs_failsafe_wait_timeout="0", pi_preinit_no_failsafe='"y"')
+            placed.update(self.install_luci(root, ow))
             self.links(root)
             nmods = self.modules(root, ktree, kver)
-            install = self.install_passthrough(root, work)
-            self.guest_files(root, kver)
+            self.harness(root)
+            packages = self.packages(root, work) if self.with_packages else {}
+            self.declare_base(root, provided(debs, kpkg))
             self.precompile(root)
             self.check_elf(root)
             run(["ldconfig", "-r", root])
@@ -334,23 +427,51 @@ class Builder:
             extract_vmlinux(glob.glob(os.path.join(ktree, "boot", "vmlinuz-*"))[0], vmlinux_tmp)
             cpio_tmp = os.path.join(work, "initrd.cpio")
             nfiles = write_cpio(root, cpio_tmp)
+            components = self.components(root, ow, placed, debs, kpkg)
             for n, src in (("vmlinux", vmlinux_tmp), ("initrd.cpio", cpio_tmp)):
                 shutil.move(src, os.path.join(self.outdir, n + ".tmp"))
                 os.replace(os.path.join(self.outdir, n + ".tmp"), os.path.join(self.outdir, n))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         m = {
-            "inputs": ih, "kernel": kver, "kernel_package": kpkg, "packages": sorted(debs), "modules": nmods,
-            "files": nfiles, "install": install, "build_seconds": round(time.time() - t0, 1),
+            "inputs": ih, "kernel": kver, "kernel_package": kpkg, "modules": nmods, "files": nfiles,
+            "build_seconds": round(time.time() - t0, 1), "userspace_build_seconds": ow["build_seconds"],
             "initrd_bytes": os.path.getsize(os.path.join(self.outdir, "initrd.cpio")),
-            "vmlinux_bytes": os.path.getsize(os.path.join(self.outdir, "vmlinux")), "notes": self.notes,
+            "vmlinux_bytes": os.path.getsize(os.path.join(self.outdir, "vmlinux")),
+            "components": components, "packages": packages, "notes": self.notes,
+            "install": "opkg/apk in the guest (files under /root/packages)",
         }
         with open(manifest_path + ".tmp", "w") as f:
-            json.dump(m, f, indent=1)
+            json.dump(m, f, indent=1, sort_keys=True)
         os.replace(manifest_path + ".tmp", manifest_path)
-        log("built %s in %.1f s: initrd %.1f MB, %d modules, passthrough via %s" % (
-            self.outdir, m["build_seconds"], m["initrd_bytes"] / 1e6, nmods, install))
+        log("built %s in %.1f s: initrd %.1f MB, %d modules" % (
+            self.outdir, m["build_seconds"], m["initrd_bytes"] / 1e6, nmods))
         return m
+
+    def components(self, root, ow, placed, debs, kpkg):
+        """The manifest's component table: OpenWrt's (upstream commit, patches, paths in the image)
+        and Debian's (package version)."""
+        out = {}
+        for name, c in ow["components"].items():
+            out[name] = {"origin": "openwrt", "source": c["source"], "commit": c["commit"], "patches": c["patches"],
+                         "from": c["from"]}
+        ELFish = lambda p: is_elf(root + p)  # noqa: E731
+        for pkg, paths in placed.items():
+            key = {"libubox": "libubox", "jshn": "libubox", "libubus": "ubus", "ubus": "ubus", "ubusd": "ubus",
+                   "libuci": "uci", "uci": "uci", "libucode": "ucode", "ucode": "ucode", "ucode-mod-*": "ucode",
+                   "libudebug": "udebug", "udebugd": "udebug", "udebug-cli": "udebug", "jsonfilter": "jsonpath",
+                   "procd": "procd", "ubox": "ubox", "getrandom": "ubox", "logd": "ubox", "rpcd": "rpcd",
+                   "rpcd-mod-*": "rpcd", "uhttpd": "uhttpd", "uhttpd-mod-ubus": "uhttpd", "uhttpd-mod-ucode": "uhttpd",
+                   "netifd": "netifd", "firewall4": "firewall4", "opkg": "opkg-lede", "apk": "apk-tools",
+                   "liblucihttp": "lucihttp", "liblucihttp-ucode": "lucihttp", "base-files": "openwrt"}.get(pkg)
+            if key is None:
+                key = "luci" if pkg.startswith("luci") else pkg
+            entry = out.setdefault(key, {"origin": "openwrt"})
+            entry.setdefault("packages", {})[pkg] = sorted(p for p in paths if ELFish(p)) or sorted(paths)[:12]
+        for name, deb in sorted(debs.items()):
+            m = re.match(r"[^_]+_([^_]+)_", os.path.basename(deb))
+            out["debian:" + name] = {"origin": "debian bookworm", "version": m.group(1).replace("%3a", ":") if m else "?"}
+        return out
 
     def prune(self, root):
         for rel in ROOT_PRUNE:
@@ -366,6 +487,24 @@ class Builder:
             if "__pycache__" in dirs:
                 shutil.rmtree(os.path.join(d, "__pycache__"))
                 dirs.remove("__pycache__")
+        # Debian's /etc files that OpenWrt's base-files or packages own (passwd, group, shells, ...)
+        for rel in ("etc/passwd", "etc/group", "etc/shadow", "etc/hosts", "etc/hostname", "etc/profile",
+                    "etc/inittab", "etc/fstab", "etc/os-release", "etc/ppp/options"):
+            p = os.path.join(root, rel)
+            if os.path.lexists(p) and not os.path.isdir(p):
+                os.unlink(p)
+
+    def install_luci(self, root, ow):
+        try:
+            import luci_layout
+        except ImportError:
+            self.notes.append("no luci_layout.py yet: image without LuCI")
+            return {}
+        # the app itself comes with luci-app-passthrough's package (installed in the guest)
+        res = luci_layout.install_luci(root, ow["trees"]["luci"], ow["stage"], ow["trees"]["openwrt"], apps=(),
+                                       deps=False, rpcd_tree=ow["trees"].get("rpcd"))
+        self.notes += res.get("notes", [])
+        return res.get("packages", {})
 
     def links(self, root):
         def put(link, target):
@@ -375,29 +514,34 @@ class Builder:
                 os.unlink(p)
             os.symlink(target, p)
 
-        put("bin/sh", "dash")
+        put("bin/sh", "busybox")
+        # Debian's python3.11 searches dist-packages; OpenWrt's python3 packages install into
+        # /usr/lib/python3.11/site-packages: one .pth makes Debian's interpreter look there too
+        pth = os.path.join(root, "usr", "lib", "python3", "dist-packages", "openwrt-site-packages.pth")
+        os.makedirs(os.path.dirname(pth), exist_ok=True)
+        with open(pth, "w") as f:
+            f.write("/usr/lib/python3.11/site-packages\n")
+        os.makedirs(os.path.join(root, "usr", "lib", "python3.11", "site-packages"), exist_ok=True)
+        put("bin/ash", "busybox")
         put("usr/bin/python3", "python3.11")
         put("usr/bin/python", "python3.11")
-        for d in ("proc", "sys", "dev", "run", "tmp", "root", "var/lib", "var/log", "etc/rc.d", "mnt"):
-            os.makedirs(os.path.join(root, d), exist_ok=True)
-        put("var/run", "../run")
-        put("var/lock", "../run/lock")
-        # busybox applets where no real tool of that name exists (iproute2 `ip`, kmod, dash win).
+        # busybox applets where no real tool of that name exists (iproute2's ip, OpenWrt's uci,
+        # logread, modprobe, ... win); OpenWrt's busybox has the same applets in the same places
         names = set()
         for d in ("bin", "sbin", "usr/bin", "usr/sbin"):
             if os.path.isdir(os.path.join(root, d)):
                 names.update(os.listdir(os.path.join(root, d)))
-        out = run([os.path.join(root, "bin", "busybox"), "--list-full"]).stdout.split()
+        out = run([os.path.join(root, "bin", "busybox"), "--list-full"],
+                  env=dict(os.environ, LD_LIBRARY_PATH=os.path.join(root, "lib", "x86_64-linux-gnu"))).stdout.split()
         for path in out:
             if os.path.basename(path) in names or path in ("linuxrc",):
                 continue
             put(path, "/bin/busybox")
-        # kmod's tools are symlinks to /bin/kmod in Debian already; make sure modprobe is there
-        for t in ("modprobe", "insmod", "rmmod", "lsmod", "depmod", "modinfo"):
-            if not os.path.lexists(os.path.join(root, "sbin", t)):
-                put("sbin/" + t, "/bin/kmod")
 
     def modules(self, root, ktree, kver):
+        """Debian's modules, flat in /lib/modules/<ver>/ (OpenWrt's layout, which kmodloader
+        scans), and /etc/modules.d + /etc/modules-boot.d lists as OpenWrt's kmod packages install
+        them (AutoLoad): kmodloader loads them at boot and serves request_module as /sbin/modprobe."""
         src = os.path.join(ktree, "lib", "modules", kver)
         kern = os.path.join(src, "kernel")
         allmods = {}
@@ -422,150 +566,94 @@ class Builder:
                     want.add(p)
                     todo.append(p)
         dst = os.path.join(root, "lib", "modules", kver)
+        os.makedirs(dst, exist_ok=True)
         for p in want:
-            q = os.path.join(dst, os.path.relpath(p, src))
-            os.makedirs(os.path.dirname(q), exist_ok=True)
-            shutil.copy2(p, q)
+            shutil.copy2(p, os.path.join(dst, os.path.basename(p)))
         for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
             shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
-        # depmod from the image itself (the host may have no kmod): kmod picks its tool by argv[0].
-        env = dict(os.environ, LD_LIBRARY_PATH=":".join(os.path.join(root, d) for d in LIBDIRS))
-        ld = os.path.join(root, "lib64", "ld-linux-x86-64.so.2")
-        run([ld, "--library-path", env["LD_LIBRARY_PATH"], "--argv0", "depmod", os.path.join(root, "bin", "kmod"),
-             "-b", root, kver])
+        with open(os.path.join(GUEST, "modules.txt")) as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+        boot = [m for m in lines if m.startswith("virtio")]
+        rest = [m for m in lines if m and m not in boot]
+        for d, mods in (("etc/modules-boot.d", boot), ("etc/modules.d", rest)):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+            with open(os.path.join(root, d, "50-pt-image"), "w") as f:
+                f.write("".join(m + "\n" for m in mods))
         return len(want)
 
-    def install_passthrough(self, root, work):
-        """The OpenWrt way: build passthrough_<ver>_x86_64.ipk with openwrt_pkg/build_ipk.py and install
-        it into the root with openwrt_pkg/ipk_install.py (or, while that tool does not exist, by
-        unpacking the ipk's data.tar.gz as opkg does offline), then enable the service as an image
-        build does. With --src, the python packages of that tree replace the ipk's. Without
-        build_ipk.py: copy the packages and use the stand-in init script."""
-        site = os.path.join(root, "usr", "lib", "python3", "dist-packages")
-        os.makedirs(site, exist_ok=True)
-        shutil.copytree(self.nfq_dir(), os.path.join(site, "netfilterqueue"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyx", "*.pxd", "*.pyi"))
-        build, inst = (os.path.join(REPO, "openwrt_pkg", n) for n in ("build_ipk.py", "ipk_install.py"))
-        if self.use_ipk and os.path.exists(build):
-            ipkdir = os.path.join(work, "ipk")
-            os.makedirs(ipkdir)
-            p = run([self.python, build, ipkdir], cwd=REPO, check=False)
-            ipks = [x for x in glob.glob(os.path.join(ipkdir, "**", "*.ipk"), recursive=True)
-                    if os.path.basename(x).startswith("passthrough_")]
-            if p.returncode != 0 or len(ipks) != 1:
-                raise SystemExit("build_image: build_ipk.py failed (%d, %s): %s" % (
-                    p.returncode, ipks, (p.stderr or p.stdout)[-2000:]))
-            ipk = ipks[0]
-            if os.path.exists(inst):
-                p = run([self.python, inst, root, ipk], cwd=REPO)
-                mode = "ipk (ipk_install.py)"
-                self.notes.append("ipk_install.py %s: %s" % (os.path.basename(ipk), (p.stdout + p.stderr).strip()[-500:]))
-            else:
-                unpack_ipk(ipk, root)
-                mode = "ipk (data.tar.gz unpacked by build_image: no ipk_install.py yet)"
-            self.notes.append("installed %s" % os.path.basename(ipk))
-            postinst = os.path.join(root, "usr", "lib", "opkg", "info", "passthrough.postinst")
-            if os.path.exists(postinst):  # as OpenWrt's image builder: postinst with IPKG_INSTROOT set
-                p = run(["sh", postinst], env=dict(os.environ, IPKG_INSTROOT=root, PKG_UPGRADE="0"), check=False)
-                self.notes.append("postinst with IPKG_INSTROOT: rc %d %s" % (p.returncode, (p.stdout + p.stderr).strip()[-300:]))
-            self.enable_if_needed(root)
-            if self.src != REPO:
-                lib = os.path.join(root, "usr", "lib", "passthrough")
-                for pkg in ("passthrough", "nat"):
-                    shutil.rmtree(os.path.join(lib, pkg))
-                    shutil.copytree(os.path.join(self.src, pkg), os.path.join(lib, pkg),
-                                    ignore=shutil.ignore_patterns("__pycache__", "lab"))
-                mode += " + python packages from %s" % self.src
-            return mode
-        for pkg in ("passthrough", "nat"):
-            shutil.copytree(os.path.join(self.src, pkg), os.path.join(site, pkg),
-                            ignore=shutil.ignore_patterns("__pycache__", "lab"))
-        init = os.path.join(root, "etc", "init.d", "passthrough")
-        os.makedirs(os.path.dirname(init), exist_ok=True)
-        shutil.copy2(os.path.join(GUEST, "passthrough.init"), init)
-        os.chmod(init, 0o755)
-        os.symlink("../init.d/passthrough", os.path.join(root, "etc", "rc.d", "S95passthrough"))
-        os.symlink("../init.d/passthrough", os.path.join(root, "etc", "rc.d", "K10passthrough"))
-        entry = os.path.join(root, "usr", "bin", "passthrough")
-        with open(entry, "w") as f:
-            f.write("#!/usr/bin/python3\nimport sys\nfrom passthrough.cli import main\nsys.exit(main())\n")
-        os.chmod(entry, 0o755)
-        self.notes.append("copied passthrough/ and nat/ from %s, stand-in init script" % self.src)
-        return "copy"
-
-    def enable_if_needed(self, root):
-        """What `/etc/init.d/passthrough enable` does in an image build (IPKG_INSTROOT set), if the
-        installer's postinst did not: S/K links in /etc/rc.d from START/STOP."""
-        init = os.path.join(root, "etc", "init.d", "passthrough")
-        if not os.path.exists(init):
-            raise SystemExit("build_image: the ipk installed no /etc/init.d/passthrough")
-        rcd = os.path.join(root, "etc", "rc.d")
-        if any(n.endswith("passthrough") for n in os.listdir(rcd)):
-            return
-        with open(init) as f:
-            text = f.read()
-        for var, letter in (("START", "S"), ("STOP", "K")):
-            m = re.search(r"^%s=(\d+)" % var, text, re.M)
-            if m:
-                os.symlink("../init.d/passthrough", os.path.join(rcd, "%s%spassthrough" % (letter, m.group(1))))
-        self.notes.append("enabled /etc/init.d/passthrough (rc.d links) after ipk_install.py")
-
-    def guest_files(self, root, kver):
-        def put(rel, src=None, text=None, mode=0o644):
+    def harness(self, root):
+        """The test harness (guest/): agent service, VPN lab, lab network defaults."""
+        def put(rel, src, mode=0o644):
             p = os.path.join(root, rel)
             os.makedirs(os.path.dirname(p), exist_ok=True)
             if os.path.lexists(p):
                 os.unlink(p)
-            if src:
-                shutil.copy2(os.path.join(GUEST, src), p)
-            else:
-                with open(p, "w") as f:
-                    f.write(text)
+            shutil.copy2(os.path.join(GUEST, src), p)
             os.chmod(p, mode)
 
-        if os.path.lexists(os.path.join(root, "init")):
-            os.unlink(os.path.join(root, "init"))
-        os.symlink("/bin/busybox", os.path.join(root, "init"))
-        put("etc/inittab", "inittab")
-        put("etc/pt-boot", "pt-boot", mode=0o755)
-        put("usr/sbin/pt-agent", "pt-agent.py", mode=0o755)
-        put("etc/rc.common", "rc.common", mode=0o755)
-        put("lib/functions/procd.sh", "procd.sh")
-        put("lib/functions.sh", "functions.sh")
-        put("sbin/pt-procd-run", "pt-procd-run", mode=0o755)
-        put("sbin/uci", "uci", mode=0o755)
-        put("sbin/reload_config", "reload_config", mode=0o755)
-        put("usr/sbin/pt-vpnlab", "pt-vpnlab", mode=0o755)
-        put("etc/pt-modules", "modules.txt")
-        put("etc/passwd", text="root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-        put("etc/group", text="root:x:0:\nnogroup:x:65534:\n")
-        put("etc/hosts", text="127.0.0.1 localhost\n")
-        put("etc/hostname", text="pt-router\n")
-        put("etc/ld.so.conf", text="include /etc/ld.so.conf.d/*.conf\n")
-        put("etc/openwrt_release", text="# test image: Debian packages, not OpenWrt (passthrough QEMU test)\n"
-                                        "DISTRIB_ID='pt-qemu'\nDISTRIB_RELEASE='debian-bookworm-%s'\n" % kver)
-        # OpenWrt-like network/firewall configs (read by the package's uci-defaults and fw4 include
-        # handling in pt-boot); the guest's real network setup is pt-boot's.
-        if not os.path.exists(os.path.join(root, "etc", "config", "network")):
-            put("etc/config/network", text=(
-                "# TEST IMAGE: describes what /etc/pt-boot sets up (no netifd here)\n"
-                "config interface 'loopback'\n\toption device 'lo'\n\toption proto 'static'\n"
-                "\toption ipaddr '127.0.0.1'\n\toption netmask '255.0.0.0'\n\n"
-                "config interface 'lan'\n\toption device 'br-lan'\n\toption proto 'static'\n"
-                "\toption ipaddr '192.168.1.1'\n\toption netmask '255.255.255.0'\n\n"
-                "config interface 'wan'\n\toption device 'wan'\n\toption proto 'static'\n"
-                "\toption ipaddr '203.0.113.1'\n\toption netmask '255.255.255.0'\n"))
-        if not os.path.exists(os.path.join(root, "etc", "config", "firewall")):
-            put("etc/config/firewall", text=(
-                "# TEST IMAGE: no fw4 here; /etc/pt-boot installs table inet fw4 (forward accept,\n"
-                "# masquerade on wan) and runs the script includes listed below, as fw4 does.\n"
-                "config defaults\n\toption input 'ACCEPT'\n\toption output 'ACCEPT'\n\toption forward 'ACCEPT'\n"))
-        cfg = os.path.join(root, "etc", "config", "passthrough")
-        if not os.path.exists(cfg):
-            put("etc/config/passthrough", text="config passthrough 'global'\n\toption enabled '1'\n")
+        put("init", "init", 0o755)  # OpenWrt's initramfs /init: INITRAMFS=1, then procd's /sbin/init
+        put("usr/sbin/pt-agent", "pt-agent.py", 0o755)
+        put("etc/init.d/pt-agent", "pt-agent.init", 0o755)
+        put("usr/sbin/pt-vpnlab", "pt-vpnlab", 0o755)
+        put("etc/uci-defaults/90-pt-lab", "pt-lab.uci-defaults", 0o644)
+        # enable as OpenWrt's image build does: `/etc/init.d/<svc> enable` with IPKG_INSTROOT set
+        for init in sorted(glob.glob(os.path.join(root, "etc", "init.d", "*"))):
+            self.enable(root, os.path.basename(init))
 
-    ESSENTIAL = ("usr/lib/ipsec/charon", "usr/sbin/swanctl", "usr/sbin/xl2tpd", "usr/sbin/pppd", "bin/busybox", "bin/dash", "usr/bin/python3.11", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
-                 "bin/kmod", "lib/x86_64-linux-gnu/libnftables.so.1", "usr/lib/x86_64-linux-gnu/libnftables.so.1")
+    def enable(self, root, name):
+        """rc.common's enable() with IPKG_INSTROOT: S<START>/K<STOP> links in /etc/rc.d."""
+        path = os.path.join(root, "etc", "init.d", name)
+        with open(path, errors="replace") as f:
+            text = f.read()
+        if "/etc/rc.common" not in text.split("\n", 1)[0]:
+            return
+        rcd = os.path.join(root, "etc", "rc.d")
+        os.makedirs(rcd, exist_ok=True)
+        for var, letter in (("START", "S"), ("STOP", "K")):
+            m = re.search(r"^%s=(\d+)" % var, text, re.M)
+            if m:
+                link = os.path.join(rcd, "%s%s%s" % (letter, m.group(1), name))
+                if not os.path.lexists(link):
+                    os.symlink("../init.d/" + name, link)
+
+    def packages(self, root, work):
+        """passthrough's packages (build_ipk.py, every format it makes) under /root/packages, and
+        the netfilterqueue extension of the builder's python packaged with them."""
+        outdir = os.path.join(work, "pkgs")
+        build = os.path.join(REPO, "openwrt_pkg", "build_ipk.py")
+        helptext = run([self.python, build, "--help"], cwd=REPO, check=False).stdout
+        fmt = ["--format", "both"] if "--format" in helptext else []
+        p = run([self.python, build, outdir] + fmt, cwd=REPO, check=False)
+        if p.returncode != 0:
+            raise SystemExit("build_image: build_ipk.py failed (%d): %s" % (p.returncode, (p.stderr or p.stdout)[-2000:]))
+        got = {}
+        for f in sorted(glob.glob(os.path.join(outdir, "**", "*.*pk"), recursive=True)):
+            kind = f.rsplit(".", 1)[1]
+            dest = os.path.join(root, "root", "packages", kind, os.path.basename(f))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy2(f, dest)
+            got[os.path.basename(f)] = os.path.getsize(f)
+        if not any(n.startswith("python3-netfilterqueue") for n in got):
+            # until build_ipk.py packages it: the extension goes where python3-package.mk puts it
+            site = os.path.join(root, "usr", "lib", "python3.11", "site-packages")
+            os.makedirs(site, exist_ok=True)
+            shutil.copytree(self.nfq_dir(), os.path.join(site, "netfilterqueue"),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyx", "*.pxd", "*.pyi"))
+            self.notes.append("netfilterqueue copied into site-packages (no python3-netfilterqueue package built)")
+        return got
+
+    def declare_base(self, root, base):
+        """The image's opkg status and apk database declare what it provides (pkgdb.py)."""
+        try:
+            import pkgdb
+        except ImportError:
+            self.notes.append("no pkgdb.py yet: no package database")
+            return
+        pkgdb.declare_base_opkg(root, base)
+        pkgdb.declare_base_apk(root, base)
+
+    ESSENTIAL = ("usr/lib/ipsec/charon", "usr/sbin/swanctl", "usr/sbin/xl2tpd", "usr/sbin/pppd", "bin/busybox", "usr/bin/python3.11", "sbin/procd", "sbin/init", "sbin/ubusd", "sbin/rpcd", "sbin/netifd", "sbin/uci", "usr/sbin/uhttpd", "usr/bin/ucode", "bin/opkg", "usr/bin/apk", "sbin/logd", "sbin/kmodloader", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
+                 "lib/x86_64-linux-gnu/libnftables.so.1", "usr/lib/x86_64-linux-gnu/libnftables.so.1")
 
     def precompile(self, root):
         """Byte-compile the guest's python (stdlib, dist-packages, passthrough) as unchecked-hash
@@ -577,7 +665,7 @@ class Builder:
                 "for d in sys.argv[2:]:\n"
                 "    compileall.compile_dir(root + d, ddir=d, quiet=1, workers=0,\n"
                 "        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n")
-        dirs = [d for d in ("/usr/lib/python3.11", "/usr/lib/python3/dist-packages", "/usr/lib/passthrough")
+        dirs = [d for d in ("/usr/lib/python3.11", "/usr/lib/python3/dist-packages")
                 if os.path.isdir(root + d)]
         p = run([self.python, "-c", code, root] + dirs, check=False)
         if p.returncode == 3:
@@ -591,7 +679,8 @@ class Builder:
         netfilterqueue extension must be complete."""
         missing = {}
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu",
-                  "usr/lib/python3.11/lib-dynload", "usr/lib/python3/dist-packages", "usr/lib/ipsec", "usr/lib/pppd"):
+                  "usr/lib/python3.11/lib-dynload", "usr/lib/python3/dist-packages", "usr/lib/ipsec", "usr/lib/pppd",
+                  "lib", "usr/lib", "usr/lib/ucode", "usr/lib/rpcd", "usr/libexec"):
             for p in tree_files(os.path.join(root, d)):
                 if os.path.islink(p) or not is_elf(p):
                     continue
@@ -600,7 +689,7 @@ class Builder:
                     missing[os.path.relpath(p, root)] = lost
         fatal = {}
         for rel, lost in sorted(missing.items()):
-            if rel not in self.ESSENTIAL and "dist-packages" not in rel:
+            if rel not in self.ESSENTIAL and "-packages" not in rel:
                 self.notes.append("dropped %s (needs %s)" % (rel, ", ".join(lost)))
                 os.unlink(os.path.join(root, rel))
             else:
@@ -608,52 +697,6 @@ class Builder:
         if fatal:
             raise SystemExit("build_image: libraries missing in the image: %s" % json.dumps(fatal))
 
-
-def unpack_ipk(ipk, root):
-    """opkg's offline install, minus the package database: the ipk (gzip tar, or the older ar
-    container) holds data.tar.gz; its files go into root. Maintainer scripts are not run (the
-    package's uci-defaults run at first boot, from pt-boot, as on OpenWrt)."""
-    import io
-    import tarfile
-
-    with open(ipk, "rb") as f:
-        blob = f.read()
-    members = {}
-    if blob.startswith(b"!<arch>\n"):
-        p = 8
-        while p + 60 <= len(blob):
-            name = blob[p:p + 16].decode().strip().rstrip("/")
-            size = int(blob[p + 48:p + 58].decode().strip())
-            members[name] = blob[p + 60:p + 60 + size]
-            p += 60 + size + (size & 1)
-    else:
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as t:
-            for m in t.getmembers():
-                if m.isfile():
-                    members[m.name.lstrip("./")] = t.extractfile(m).read()
-    data = members.get("data.tar.gz")
-    if data is None:
-        raise SystemExit("build_image: %s has no data.tar.gz" % ipk)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
-        for m in t.getmembers():
-            name = m.name.lstrip("./")
-            if not name or ".." in name.split("/"):
-                continue
-            dest = os.path.join(root, name)
-            if m.isdir():
-                os.makedirs(dest, exist_ok=True)
-            elif m.issym():
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                if os.path.lexists(dest):
-                    os.unlink(dest)
-                os.symlink(m.linkname, dest)
-            elif m.isfile():
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                if os.path.lexists(dest):
-                    os.unlink(dest)
-                with open(dest, "wb") as f:
-                    f.write(t.extractfile(m).read())
-                os.chmod(dest, m.mode & 0o7777)
 
 
 # --- cpio (newc) --------------------------------------------------------------------------------
@@ -702,12 +745,11 @@ def main(argv=None):
     ap.add_argument("outdir")
     ap.add_argument("--cache", default=DEFAULT_CACHE, help="download/extract cache (default %(default)s)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
-    ap.add_argument("--no-ipk", action="store_true", help="copy the python packages instead of installing the .ipk")
-    ap.add_argument("--src", help="take passthrough/ and nat/ from this tree (copied, no ipk); env PT_QEMU_SRC")
+    ap.add_argument("--no-packages", action="store_true", help="leave passthrough's packages out of /root/packages")
     a = ap.parse_args(argv)
     os.makedirs(a.cache, exist_ok=True)
-    m = Builder(a.outdir, a.cache, use_ipk=not a.no_ipk, src=a.src).build(force=a.force)
-    print(json.dumps({k: m[k] for k in ("kernel", "initrd_bytes", "build_seconds", "install", "modules")}))
+    m = Builder(a.outdir, a.cache, with_packages=not a.no_packages).build(force=a.force)
+    print(json.dumps({k: m[k] for k in ("kernel", "initrd_bytes", "build_seconds", "modules")}))
     return 0
 
 

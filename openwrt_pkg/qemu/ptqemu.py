@@ -273,7 +273,7 @@ class Guest:
         except OSError:
             return ""
 
-    def boot(self, timeout=120):
+    def boot(self, timeout=300):  # TCG: OpenWrt's preinit + ~20 init scripts take ~110 s here
         """Start QEMU and wait for the agent. accel auto: probe KVM with a short timeout, else TCG."""
         order = {"auto": ["kvm", "tcg"], "kvm": ["kvm"], "tcg": ["tcg"]}[self.accel_wanted]
         if "kvm" in order and not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -355,7 +355,7 @@ class Guest:
         return self._wait_reply(rid, timeout)
 
     def wait_ready(self, timeout=120):
-        """Ping until the agent answers (it starts after pt-boot, so the guest is then configured)."""
+        """Ping until the agent answers (procd starts it last, START=99: the boot is then done)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -454,8 +454,8 @@ def main(argv=None):
         g = r.guest
         print(json.dumps({"accel": g.accel, "boot_seconds": round(g.boot_seconds, 2), "boot": g.boot_info,
                           "workdir": g.workdir}))
-        for cmd in ("uname -r", "cat /run/pt-modules-failed", "ip -br addr", "/etc/init.d/passthrough status",
-                    "passthrough status"):
+        for cmd in ("uname -r", "cat /etc/openwrt_release", "ip -br addr", "ubus call service list",
+                    "/etc/init.d/passthrough status", "passthrough status"):
             res = g.run(cmd)
             print("$ %s  [rc %s, %s ms]\n%s%s" % (cmd, res.rc, res.ms, res.stdout, res.stderr))
         if a.keep:

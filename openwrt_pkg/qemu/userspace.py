@@ -33,7 +33,8 @@ FORMAT = 1
 
 # Debian packages the build needs (setup.sh installs them; named here for the error message).
 BUILD_DEPS = ["cmake", "meson", "ninja-build", "pkg-config", "gcc", "make", "libjson-c-dev", "libssl-dev",
-              "zlib1g-dev", "libbsd-dev", "libnl-3-dev", "libnl-route-3-dev", "libcrypt-dev", "lemon"]
+              "zlib1g-dev", "libbsd-dev", "libnl-3-dev", "libnl-route-3-dev", "libnl-genl-3-dev", "libcrypt-dev",
+              "lemon", "patch"]
 
 # glibc 2.36 has no strlcpy/strlcat (musl has): libbsd provides them, force-included, so
 # _GNU_SOURCE must be set before that first header. Everything else is as on OpenWrt (-Os, no LTO).
@@ -146,6 +147,10 @@ class Userspace:
 
     def _build(self):
         t0 = time.time()
+        missing = [t for t in ("cmake", "meson", "ninja", "pkg-config", "gcc", "patch") if not shutil.which(t)]
+        if missing:
+            raise BuildError("userspace: %s not found; the build needs the Debian packages %s (scripts/setup.sh "
+                             "installs them)" % (", ".join(missing), " ".join(BUILD_DEPS)))
         shutil.rmtree(self.top, ignore_errors=True)
         os.makedirs(self.stage)
         info = sources.describe()

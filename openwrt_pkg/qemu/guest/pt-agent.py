@@ -1,13 +1,13 @@
 #!/usr/bin/python3
 """Guest agent of the passthrough QEMU test image (stdlib only): JSON lines over the virtio-serial
-port named "pt.agent" (busybox init respawns it).
+port named "pt.agent" (a procd service of the image, /etc/init.d/pt-agent, respawned by procd).
 
 Request  {"id": N, "cmd": "shell text", "timeout": 30, "input": "stdin text" | null}
          {"id": N, "cmd": "...", "bg": true, "log": "/tmp/x.log"}   start detached, reply at once
          {"id": N, "op": "ping"}                                       liveness + boot info
          {"id": N, "op": "poweroff"}
 Reply    {"id": N, "rc": int, "stdout": str, "stderr": str, "ms": float} (bg: "pid"; timeout: rc -9
-         and "timeout": true). Commands run in /bin/sh (dash) in their own session, one thread each.
+         and "timeout": true). Commands run in /bin/sh (busybox ash) in their own session, one thread each.
 """
 import json
 import os
@@ -18,6 +18,8 @@ import threading
 import time
 
 PORT_NAME = "pt.agent"
+with open("/proc/uptime") as _f:
+    STARTED_AT = float(_f.read().split()[0])  # procd starts the agent last (START=99): boot time
 
 
 def find_port(wait=30.0):
@@ -60,15 +62,9 @@ class Agent:
         t0 = time.time()
         op = req.get("op")
         if op == "ping":
-            boot = None
-            try:
-                with open("/run/pt-boot.done") as f:
-                    boot = f.read().strip()
-            except OSError:
-                pass
             with open("/proc/uptime") as f:
                 up = float(f.read().split()[0])
-            self.send({"id": rid, "rc": 0, "boot": boot, "uptime": up, "pid": os.getpid()})
+            self.send({"id": rid, "rc": 0, "boot": STARTED_AT, "uptime": up, "pid": os.getpid()})
             return
         if op == "poweroff":
             self.send({"id": rid, "rc": 0})
