@@ -1,9 +1,10 @@
-"""The QEMU router (openwrt_pkg/qemu): image built once (cached), booted once per module.
+"""The QEMU router (openwrt_pkg/qemu): OpenWrt's userspace (procd, ubus, netifd, fw4, rpcd,
+uhttpd, opkg, apk) on Debian's kernel; image built once (cached), booted once per module.
 
 Host side: namespaces pt-qlan (switch) with pt-qlan1/pt-qlan2 behind it, pt-qwan (server .2 and
-.3, scripted responders), the guest in between running passthrough under its init script.
-Measured numbers (build, boot, agent latency, reload time...) are collected in RESULTS and
-printed at the end of the run.
+.3, scripted responders), the guest in between. passthrough is installed in the guest with the
+real opkg (or apk) from /root/packages and runs under procd. Measured numbers (build, boot,
+agent latency, reload time...) are collected in RESULTS and printed at the end of the run.
 """
 import json
 import os
@@ -26,7 +27,17 @@ IMAGE = os.environ.get("PT_QEMU_IMAGE", "/var/cache/passthrough-qemu/image-test"
 RESULTS = {}
 
 
+# modules sharing the opkg boot run first, the LuCI one before the router one (whose last test
+# removes the packages), the apk boot last: one VM at a time, three modules on two boots
+MODULE_ORDER = {"test_qemu_luci.py": 0, "test_qemu_router.py": 1, "test_qemu_packages.py": 2}
+
+
 def pytest_collection_modifyitems(config, items):
+    qemu = [i for i, item in enumerate(items) if item.fspath.basename in MODULE_ORDER]
+    if qemu:
+        ordered = sorted((items[i] for i in qemu), key=lambda it: MODULE_ORDER[it.fspath.basename])
+        for i, item in zip(qemu, ordered):
+            items[i] = item
     if os.geteuid() != 0:
         for item in items:
             if item.get_closest_marker("qemu"):
@@ -54,7 +65,9 @@ class QemuLab:
         self.workdir = workdir
         self.responders = []
         self.results = RESULTS
+        self.spent = False  # set once the packages are removed: the next module boots afresh
         self.wait_for = wait_for
+        self.repo = REPO
 
     # --- host side ------------------------------------------------------------------------------
     def start_responder(self, ip, l2tp_port):
@@ -111,22 +124,26 @@ class QemuLab:
         assert res.rc == 0, "guest: %s -> %r" % (cmd, res)
         return res.stdout
 
+    def service(self, name="passthrough"):
+        """procd's view of a service: `ubus call service list` -> {instance: {...}} ({} if none)."""
+        res = self.guest.run("ubus call service list '{\"name\": \"%s\"}'" % name)
+        try:
+            return json.loads(res.stdout or "{}").get(name, {}).get("instances", {})
+        except ValueError:
+            return {}
+
     def daemon_pid(self):
-        res = self.guest.run("cat /run/procd-shim/passthrough/*/pid 2>/dev/null")
-        pid = res.stdout.strip().split()
-        if not pid:
-            return None
-        alive = self.guest.run("kill -0 %s" % pid[0])
-        return int(pid[0]) if alive.rc == 0 else None
+        inst = self.service().get("passthrough", {})
+        return inst.get("pid") if inst.get("running") else None
 
     def wait_daemon(self, timeout=60, not_pid=None):
-        """Until the daemon (under the procd shim) answers `passthrough status`; returns its pid.
-        Fails at once, with the daemon's log, when the procd shim gave up respawning it."""
+        """Until procd runs the daemon and it answers `passthrough status`; returns its pid. Fails
+        at once, with the daemon's log, when procd gave up respawning it (crash loop)."""
         def ready():
             pid = self.daemon_pid()
             if pid is None or pid == not_pid:
-                if "giving up" in self.guest.run("cat /var/log/passthrough.log 2>/dev/null").stdout:
-                    raise AssertionError("passthrough keeps crashing in the guest (procd shim gave up):\n"
+                if "crash loop" in self.guest.run("logread -e passthrough | tail -n 5").stdout:
+                    raise AssertionError("passthrough keeps crashing in the guest (procd gave up):\n"
                                          + self.log_tail())
                 return None
             return pid if self.guest.run("passthrough status >/dev/null 2>&1").rc == 0 else None
@@ -134,6 +151,23 @@ class QemuLab:
             return wait_for(ready, timeout, interval=0.2, what="passthrough daemon in the guest")
         except TimeoutError as e:
             raise AssertionError("%s; guest log:\n%s" % (e, self.log_tail()))
+
+    def install(self, tool="opkg"):
+        """Install passthrough's packages from /root/packages with the real opkg or apk."""
+        if tool == "opkg":
+            cmd = "opkg install /root/packages/ipk/*.ipk"
+        else:
+            # apk 3 refuses a file that no repository or cache holds ("would be lost on next
+            # reboot"); on OpenWrt 25.12 local packages go in with --force-non-repository
+            cmd = "apk add --allow-untrusted --force-non-repository /root/packages/apk/*.apk"
+        t = time.time()
+        res = self.guest.run(cmd, timeout=300)
+        self.results["install_%s" % tool] = {"seconds": round(time.time() - t, 1), "rc": res.rc}
+        assert res.rc == 0, "%s -> %r" % (cmd, res)
+        # reload_config compares /etc/config/* with its last snapshot (taken at boot, before the
+        # package brought /etc/config/passthrough): take one now, so the first change is seen
+        self.guest.run("reload_config")
+        return res
 
     def status(self):
         out = self.sh("passthrough status --json")
@@ -167,14 +201,14 @@ class QemuLab:
         """Guest state for assertion messages."""
         return self.guest.run("passthrough status; conntrack -L 2>/dev/null | grep -E 'esp|udp' | head -40; "
                               "for m in lan_zone esp_zone esp_out; do nft list map ip passthrough $m; "
-                              "done; tail -n 30 /var/log/passthrough.log").stdout
+                              "done; logread -e passthrough | tail -n 30").stdout
 
     def log_tail(self, n=40):
-        return self.guest.run("tail -n %d /var/log/passthrough.log; logread | tail -n 20" % n).stdout
+        return self.guest.run("logread -e passthrough | tail -n %d; logread | tail -n 20" % n).stdout
 
 
-@pytest.fixture(scope="module")
-def qlab(tmp_path_factory):
+def _lab(tmp_path_factory, tool):
+    """Boot the router, start the WAN responders, install passthrough with `tool` (opkg | apk)."""
     assert shutil.which("qemu-system-x86_64"), "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
     workdir = str(tmp_path_factory.mktemp("qemu"))
     t0 = time.time()
@@ -184,12 +218,15 @@ def qlab(tmp_path_factory):
         router.up()
         g = router.guest
         RESULTS["image"] = {k: router.build_info.get(k) for k in (
-            "initrd_bytes", "vmlinux_bytes", "build_seconds", "wall_seconds", "install", "modules", "kernel")}
-        RESULTS["boot"] = {"accel": g.accel, "seconds_to_agent": round(g.boot_seconds, 2),
-                           "guest_boot_script": g.boot_info.get("boot"), "fixture_seconds": round(time.time() - t0, 1)}
+            "initrd_bytes", "vmlinux_bytes", "build_seconds", "userspace_build_seconds", "wall_seconds", "modules",
+            "kernel")}
+        RESULTS["boot_%s" % tool] = {"accel": g.accel, "seconds_to_agent": round(g.boot_seconds, 2),
+                                     "guest_uptime_at_agent_start": g.boot_info.get("boot"),
+                                     "fixture_seconds": round(time.time() - t0, 1)}
         lab = QemuLab(router, workdir)
         lab.start_responder(ptqemu.SERVER_IPS[0], 1701)
         lab.start_responder(ptqemu.SERVER_IPS[1], 1702)
+        lab.install(tool)
         lab.wait_daemon()
         yield lab
     except Exception:
@@ -208,3 +245,49 @@ def qlab(tmp_path_factory):
         assert router.topo.prefix not in left, "namespaces left: " + left
         if router.guest is not None and router.guest.proc is not None:
             assert router.guest.proc.poll() is not None, "qemu still running"
+
+
+class Labs:
+    """One booted router at a time for the whole session (a TCG boot of OpenWrt's init takes
+    ~2 min here): modules that want the opkg-installed router share one boot (the LuCI module,
+    then the router module, whose last test removes the packages and marks it spent); asking
+    for the apk one shuts the opkg one down first."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self.tool = self.gen = self.lab = None
+
+    def get(self, tool):
+        if self.lab is not None and self.tool == tool and not self.lab.spent:
+            return self.lab
+        self.close()
+        self.gen = _lab(self.tmp_path_factory, tool)
+        self.tool, self.lab = tool, next(self.gen)
+        return self.lab
+
+    def close(self):
+        gen, self.gen, self.lab, self.tool = self.gen, None, None, None
+        if gen is not None:
+            try:
+                next(gen)  # runs _lab's teardown (and its asserts)
+            except StopIteration:
+                pass
+
+
+@pytest.fixture(scope="session")
+def qemu_labs(tmp_path_factory):
+    labs = Labs(tmp_path_factory)
+    yield labs
+    labs.close()
+
+
+@pytest.fixture(scope="module")
+def qlab(qemu_labs):
+    """The router with passthrough installed by opkg (OpenWrt 24.10's package manager)."""
+    return qemu_labs.get("opkg")
+
+
+@pytest.fixture(scope="module")
+def qlab_apk(qemu_labs):
+    """The router with passthrough installed by apk (OpenWrt 25.12's package manager)."""
+    return qemu_labs.get("apk")
