@@ -36,6 +36,7 @@ if QEMU_DIR not in sys.path:
 
 import luci_layout  # noqa: E402
 import userspace  # noqa: E402
+import ubus_http  # noqa: E402  (tests/luci is on sys.path: this file's folder)
 
 PASSWORDS = {"root": "pt-luci-root", "viewer": "pt-luci-viewer"}
 # ACL groups of the second login: what any LuCI user has, without luci-app-passthrough
@@ -420,26 +421,14 @@ class LuciRouter:
             return False
 
     def http(self, path, data=None, headers=None, timeout=10):
-        req = urllib.request.Request(self.url.rstrip("/") + path, data=data, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read().decode(errors="replace")
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
+        return ubus_http.http(self.url, path, data, headers, timeout)
 
     def jsonrpc(self, sid, obj, method, args=None):
         """One ubus call over uhttpd's /ubus JSON-RPC: (ubus status, result or None)."""
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "call",
-                           "params": [sid, obj, method, args or {}]}).encode()
-        code, text = self.http("/ubus", body, {"Content-Type": "application/json"})
         try:
-            reply = json.loads(text)
-        except ValueError:
-            raise HarnessError("/ubus answered %s with non-JSON: %r" % (code, text[:300]))
-        if "error" in reply:  # JSON-RPC level: e.g. -32002 access denied
-            return reply["error"], None
-        res = reply.get("result") or []
-        return res[0], (res[1] if len(res) > 1 else None)
+            return ubus_http.jsonrpc(self.url, sid, obj, method, args)
+        except ValueError as e:
+            raise HarnessError(str(e))
 
     ubus = jsonrpc
 

@@ -100,7 +100,9 @@ def login(drv, base_url, user, password, timeout=30):
     def done(d):
         if d.find_elements(By.CSS_SELECTOR, "a[href$='/admin/logout']"):
             return "ok"
-        err = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".alert-message.error, .alert-message.warning")
+        # the login form's own refusal is an .alert-message.error; the header's warnings ("No
+        # password set!", "running in recovery (initramfs) mode") are no refusal
+        err = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".alert-message.error")
                if e.is_displayed() and e.text.strip()]
         return "error: " + " ".join(err) if err else None
 
