@@ -393,7 +393,7 @@ def test_init_script_is_procd_style():
     assert text.startswith("#!/bin/sh /etc/rc.common\n")
     for line in ("USE_PROCD=1", "START=95", "STOP=10"):
         assert re.search(r"^%s$" % line, text, re.M), line
-    assert 'procd_add_reload_trigger "passthrough"' in text
+    assert 'procd_add_config_trigger "config.change" "passthrough"' in text
     assert "procd_set_param respawn" in text
     assert "procd_set_param stdout 1" in text and "procd_set_param stderr 1" in text
     assert not re.search(r"^stop_service", text, re.M)  # SIGTERM is the daemon's business
@@ -406,6 +406,7 @@ procd_set_param() { echo "param $*"; }
 procd_append_param() { echo "append $*"; }
 procd_close_instance() { echo "close_instance"; }
 procd_add_reload_trigger() { echo "reload_trigger $*"; }
+procd_add_config_trigger() { echo "config_trigger $*"; }
 procd_send_signal() { echo "send_signal $*"; }
 start() { echo "start called"; }
 """
@@ -436,7 +437,10 @@ def test_init_script_start_and_triggers(tmp_path):
     assert "param respawn 3600 5 5" in lines
     assert "param stdout 1" in lines and "param stderr 1" in lines
     assert "close_instance" in lines
-    assert lines[-1] == "reload_trigger passthrough"
+    # procd signals the daemon itself on a passthrough config change (no rc.common run per change)
+    assert lines[-1] == ('config_trigger config.change passthrough /bin/ubus call service signal '
+                         '{"name":"passthrough","instance":"passthrough","signal":1}')
+    assert "PROCD_RELOAD_DELAY=250" in open(os.path.join(FILES, "passthrough.init")).read()
 
 
 def test_init_reload_is_a_sighup_through_procd(tmp_path):

@@ -12,7 +12,7 @@ its taps). Chromium (host namespace) loads http://127.0.0.1:<port>/; uhttpd sees
   second login (added to the guest's /etc/config/rpcd, luci-base's groups only) is denied both.
 - The page: log in as root through the login page, Services > VPN Passthrough from the menu; a live
   L2TP tunnel of LAN host 0 and a live raw-ESP SA of LAN host 1 are in the flow table; L2TP off +
-  Save & Apply (rpcd's uci apply with rollback + confirm; procd's reload trigger reloads the daemon):
+  Save & Apply (rpcd's uci apply with rollback + confirm; procd's config trigger has the daemon reload):
   the policy table drops L2TP, the live tunnel stops getting replies, a new one gets none, ESP and
   IKE still flow; back on through LuCI: a new tunnel works. Click-to-policy times are recorded.
 - A bad value shows LuCI's validation error, Save refuses it, /etc/config/passthrough stays as is.

@@ -162,8 +162,8 @@ def _commit_and_wait(qlab, value):
 def test_uci_commit_procd_trigger_reloads_and_cuts_a_live_l2tp_tunnel(qlab):
     """`uci set passthrough.global.l2tp_passthrough=0 && uci commit passthrough && reload_config`
     (the uci CLI itself tells nobody; reload_config, which LuCI's apply and rpcd's uci commit do
-    too, sends procd the config.change event): procd's reload trigger (PROCD_RELOAD_DELAY 250 ms)
-    runs the init script's reload (SIGHUP through procd), the daemon applies it: the policy table
+    too, sends procd the config.change event): procd's config trigger (PROCD_RELOAD_DELAY 250 ms)
+    has procd send the daemon SIGHUP (`ubus call service signal`), the daemon applies it: the policy table
     drops L2TP, conntrack entries of L2TP are deleted, and a tunnel that was carrying data stops
     getting replies; raw ESP of the other host still flows. On again: new tunnels work. The delay
     is measured in the guest and reported (the time is a measurement, not a pass criterion:
