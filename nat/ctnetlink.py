@@ -5,6 +5,10 @@ The conntrack tool cannot refresh: `conntrack -U` refuses --zone (conntrack-tool
 without it finds only zone 0 entries. An IPCTNL_MSG_CT_NEW without NLM_F_CREATE for an existing
 tuple changes that entry (here: its timeout) and fails with ENOENT when there is none. Lookups
 (IPCTNL_MSG_CT_GET by original or reply tuple) save the daemon a `conntrack -L` process per zone.
+Cutting a family (delete_matching: one dump of the table, every zone, then one
+IPCTNL_MSG_CT_DELETE per entry, its original tuple copied from the dump) saves the daemon a
+`conntrack -D` process per zone and filter: 18 of them for L2TP with two hosts, 2.7 s in the TCG
+guest.
 """
 import errno
 import os
@@ -13,9 +17,10 @@ import struct
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
-IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
-NLM_F_REQUEST, NLM_F_ACK = 1, 4
-NLMSG_ERROR = 2
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
+NLM_F_DUMP_INTR = 0x10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_F_NESTED = 0x8000
 # enum ctattr_type / ctattr_tuple / ctattr_ip / ctattr_l4proto (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_TIMEOUT, CTA_ZONE = 1, 2, 3, 7, 18
@@ -42,10 +47,20 @@ def _tuple(kind, proto, tup):
     return _attr(kind, _attr(CTA_TUPLE_IP, ip, True) + _attr(CTA_TUPLE_PROTO, l4, True), True)
 
 
-def _msg(mtype, attrs, seq):
+def _msg(mtype, attrs, seq, flags=NLM_F_REQUEST | NLM_F_ACK):
     body = struct.pack("!BBH", socket.AF_INET, 0, 0) + attrs  # nfgenmsg
-    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | mtype,
-                       NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | mtype, flags, seq, 0) + body
+
+
+def dump_msg(seq):
+    """Every IPv4 entry, all zones."""
+    return _msg(IPCTNL_MSG_CT_GET, b"", seq, NLM_F_REQUEST | NLM_F_DUMP)
+
+
+def delete_msg(orig_attr, zone, seq):
+    """Delete the entry whose CTA_TUPLE_ORIG attribute (bytes, as the dump gave it) this is."""
+    return _msg(IPCTNL_MSG_CT_DELETE, orig_attr + b"\0" * ((-len(orig_attr)) % 4)
+                + _attr(CTA_ZONE, struct.pack("!H", zone)), seq)
 
 
 def set_timeout_msg(proto, orig, zone, timeout, seq):
@@ -88,10 +103,13 @@ def _parse_tuple(buf, span):
     return (addr(CTA_IP_V4_SRC), addr(CTA_IP_V4_DST), port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
 
 
-def parse_entry(buf, off, end, zone):
+def parse_entry(buf, off, end, zone=None):
     """An IPCTNL_MSG_CT_NEW message body (after nlmsghdr) -> the dict nat.offload's
-    parse_conntrack makes of a `conntrack -L` line (timeout, flags and line left out)."""
+    parse_conntrack makes of a `conntrack -L` line (timeout, flags and line left out).
+    zone None: the entry's own CTA_ZONE (absent: 0)."""
     a = _attrs(buf, off + 4, end)  # after nfgenmsg
+    if zone is None:
+        zone = struct.unpack_from("!H", buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
     if CTA_TUPLE_ORIG not in a or CTA_TUPLE_REPLY not in a:
         return None
     l4 = _attrs(buf, *_attrs(buf, *a[CTA_TUPLE_ORIG]).get(CTA_TUPLE_PROTO, (0, 0)))
@@ -148,6 +166,50 @@ class Conntrack:
             if e is not None:
                 return e
         return None
+
+    def dump(self, keep=lambda e: True):
+        """[(entry dict, its CTA_TUPLE_ORIG attribute bytes)] of the IPv4 table's entries for
+        which keep(entry) is true (only those are kept: a router's table can hold 10^4-10^5). A
+        dump the kernel marks interrupted (NLM_F_DUMP_INTR: the table changed under it) is retried."""
+        for _ in range(3):
+            self.seq = (self.seq + 1) & 0xFFFFFFFF
+            self.sock.send(dump_msg(self.seq))
+            out, intr, done = [], False, False
+            while not done:
+                data = self.sock.recv(1 << 20)
+                off = 0
+                while off + 16 <= len(data):
+                    mlen, mtype, mflags, mseq, _ = struct.unpack_from("=IHHII", data, off)
+                    if mseq == self.seq:
+                        intr = intr or bool(mflags & NLM_F_DUMP_INTR)
+                        if mtype == NLMSG_DONE:
+                            done = True
+                        elif mtype == NLMSG_ERROR:
+                            err = -struct.unpack_from("=i", data, off + 16)[0]
+                            if err:
+                                raise OSError(err, "ctnetlink dump: %s" % os.strerror(err))
+                            done = True
+                        elif mtype == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
+                            e = parse_entry(data, off + 16, off + mlen)
+                            if e is not None and keep(e):
+                                s, end = _attrs(data, off + 20, off + mlen)[CTA_TUPLE_ORIG]
+                                out.append((e, bytes(data[s - 4:end])))
+                    off += max(16, (mlen + 3) & ~3)
+            if not intr:
+                return out
+        return out
+
+    def delete_matching(self, match):
+        """Delete every entry for which match(entry dict) is true; the number deleted (an entry
+        that went away meanwhile is not counted)."""
+        deleted = 0
+        for e, orig in self.dump(match):
+            _, err = self._ask(lambda seq: delete_msg(orig, e["zone"], seq))
+            if err == 0:
+                deleted += 1
+            elif err != errno.ENOENT:
+                raise OSError(err, "ctnetlink delete: %s" % os.strerror(err))
+        return deleted
 
     def close(self):
         self.sock.close()

@@ -251,18 +251,29 @@ class Kernel:
             nftx.TABLE, nftx.FALLBACK_UDP, nftx.TABLE, nftx.FALLBACK_ESP))
 
     def flush_conntrack(self, family, zones):
-        """Delete conntrack entries of a family in zone 0 and in our zones (conntrack -D only
-        deletes in the zone it is given). Returns the number deleted."""
+        """Delete conntrack entries of a family in zone 0 and in our zones. Returns the number
+        deleted. In-process over ctnetlink (one dump, one delete per entry); the conntrack tool
+        (one process per zone and filter) where ctnetlink cannot be used."""
+        try:
+            from nat.ctnetlink import Conntrack
+
+            ct = Conntrack()
+            try:
+                return ct.delete_matching(lambda e: conntrack_matches(family, e, zones))
+            finally:
+                ct.close()
+        except OSError as e:
+            log.warning("ctnetlink: %s; cutting %s connections with the conntrack tool", e, family)
+        return self._flush_conntrack_cli(family, zones)
+
+    def _flush_conntrack_cli(self, family, zones):
         if not shutil.which("conntrack"):
             log.warning("conntrack tool missing: existing %s connections are not cut", family)
             return 0
-        filters = {
-            "l2tp": [["-p", "udp", "--orig-port-dst", "1701"], ["-p", "udp", "--orig-port-src", "1701"], ["-p", "115"]],
-            "ipsec": [["-p", "udp", "--orig-port-dst", "500"], ["-p", "udp", "--orig-port-src", "500"],
-                      ["-p", "udp", "--orig-port-dst", "4500"], ["-p", "udp", "--orig-port-src", "4500"],
-                      ["-p", "50"], ["-p", "51"]],
-            "pptp": [["-p", "tcp", "--orig-port-dst", "1723"], ["-p", "47"]],
-        }[family]
+        cut = FAMILY_CONNTRACK[family]
+        filters = [["-p", "udp", "--orig-port-" + d, str(p)] for p in cut["udp"] for d in ("dst", "src")]
+        filters += [["-p", "tcp", "--orig-port-" + d, str(p)] for p in cut["tcp"] for d in ("dst", "src")]
+        filters += [["-p", str(proto)] for proto in cut["protos"]]
         deleted = 0
         # Sequential, and a second pass: concurrent deletes interrupt each other's netlink dumps
         # (NLM_F_DUMP_INTR), which silently left entries behind.
@@ -279,6 +290,29 @@ class Kernel:
             if not found:
                 break
         return deleted
+
+
+# What switching a family off cuts: UDP / TCP ports (either end of the original direction) and
+# IP protocols (L2TPv3 over IP 115; ESP 50, AH 51; GRE 47).
+FAMILY_CONNTRACK = {
+    "l2tp": {"udp": (1701,), "tcp": (), "protos": (115,)},
+    "ipsec": {"udp": (500, 4500), "tcp": (), "protos": (50, 51)},
+    "pptp": {"udp": (), "tcp": (1723,), "protos": (47,)},
+}
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+
+
+def conntrack_matches(family, entry, zones):
+    """entry (nat.ctnetlink.parse_entry's dict) is one of family's, in zone 0 or one of zones."""
+    if entry["zone"] != 0 and entry["zone"] not in zones:
+        return False
+    cut = FAMILY_CONNTRACK[family]
+    proto = entry["proto"]
+    if proto in cut["protos"]:
+        return True
+    ports = cut["udp"] if proto == IPPROTO_UDP else cut["tcp"] if proto == IPPROTO_TCP else ()
+    _src, _dst, sport, dport = entry["orig"]
+    return sport in ports or dport in ports
 
 
 def parse_elements(data):
