@@ -584,12 +584,7 @@ class Builder:
     def harness(self, root):
         """The test harness (guest/): agent service, VPN lab, lab network defaults."""
         def put(rel, src, mode=0o644):
-            p = os.path.join(root, rel)
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            if os.path.lexists(p):
-                os.unlink(p)
-            shutil.copy2(os.path.join(GUEST, src), p)
-            os.chmod(p, mode)
+            openwrt_layout.put_file(root, os.path.join(GUEST, src), "/" + rel, mode)
 
         put("init", "init", 0o755)  # OpenWrt's initramfs /init: INITRAMFS=1, then procd's /sbin/init
         put("usr/sbin/pt-agent", "pt-agent.py", 0o755)

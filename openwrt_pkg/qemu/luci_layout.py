@@ -45,6 +45,8 @@ import shutil
 import subprocess
 import tempfile
 
+from openwrt_layout import MODES, LayoutError, copy_tree, put_file  # same folder: the file-placement pieces
+
 # LuCI packages: (name, folder in the luci tree, what of its src/ is installed)
 LUCI_PACKAGES = [
     ("luci-base", "modules/luci-base", "stage"),
@@ -100,7 +102,6 @@ DEPS = [
     ("liblucihttp-ucode", "packages feed libs/lucihttp", [
         ("data", "stage:usr/lib/ucode/lucihttp.so", "/usr/lib/ucode/")]),
 ]
-MODES = {"bin": 0o755, "data": 0o644, "conf": 0o600}
 
 # luci-base's postinst, for an image root: the same uci change, run at first boot.
 LUCI_UHTTPD_DEFAULTS = """#!/bin/sh
@@ -146,45 +147,6 @@ export function entityencode(s, quotes) {
 	return s;
 };
 """
-
-
-class LayoutError(SystemExit):
-    pass
-
-
-def _copy_tree(src, dest_root, dest):
-    """`cp -pR src/* dest/`; returns the image paths."""
-    out = []
-    base = os.path.normpath(dest_root + dest)
-    for d, dirs, files in os.walk(src):
-        rel = os.path.relpath(d, src)
-        target = os.path.normpath(os.path.join(base, rel))
-        os.makedirs(target, exist_ok=True)
-        for name in files + [x for x in dirs if os.path.islink(os.path.join(d, x))]:
-            s, t = os.path.join(d, name), os.path.join(target, name)
-            if os.path.lexists(t) and (os.path.islink(t) or not os.path.isdir(t)):
-                os.unlink(t)
-            if os.path.islink(s):
-                os.symlink(os.readlink(s), t)
-            else:
-                shutil.copy2(s, t)
-            out.append("/" + os.path.relpath(t, dest_root))
-    return out
-
-
-def _put(root, src, dest, mode):
-    path = root + dest
-    if dest.endswith("/"):
-        path = os.path.join(path, os.path.basename(src))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.lexists(path):
-        os.unlink(path)
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), path)
-    else:
-        shutil.copyfile(src, path)
-        os.chmod(path, mode)
-    return "/" + os.path.relpath(path, root)
 
 
 def _write(root, dest, text, mode=0o644):
@@ -241,7 +203,7 @@ def install_luci_package(root, pkgdir, name=None, version="1", jsmin=None):
             staged = os.path.join(tmp, "ucode")
             shutil.copytree(ucode, staged, symlinks=True)
             substitute_version(staged, version)
-            placed += _copy_tree(staged, root, UCODE_LIBRARYDIR)
+            placed += copy_tree(root, staged, UCODE_LIBRARYDIR)
     htdocs = os.path.join(pkgdir, "htdocs")
     if os.path.isdir(htdocs):
         with tempfile.TemporaryDirectory() as tmp:
@@ -249,10 +211,10 @@ def install_luci_package(root, pkgdir, name=None, version="1", jsmin=None):
             shutil.copytree(htdocs, staged, symlinks=True)
             if jsmin:
                 js_min(jsmin, staged)
-            placed += _copy_tree(staged, root, HTDOCS)
+            placed += copy_tree(root, staged, HTDOCS)
     files = os.path.join(pkgdir, "root")
     if os.path.isdir(files):
-        placed += _copy_tree(files, root, "/")
+        placed += copy_tree(root, files, "/")
     return placed
 
 
@@ -268,7 +230,7 @@ def install_deps(root, stage, openwrt_tree, rpcd_tree):
             if not hits:
                 raise LayoutError("luci_layout: %s: %s is missing (install rule of %s)" % (name, path, makefile))
             for h in hits:
-                placed[name].append(_put(root, h, dest, MODES[mode]))
+                placed[name].append(put_file(root, h, dest, MODES[mode]))
     return placed
 
 
@@ -310,13 +272,13 @@ def install_luci(root, luci_tree, stage, openwrt_tree, apps=(), deps=True, minif
         for name, rel, src in LUCI_PACKAGES:
             placed = install_luci_package(root, os.path.join(luci_tree, rel), name, version, jsmin)
             if src == "stage":  # luci-base/src: `make install` went into the stage
-                placed.append(_put(root, core, "/usr/lib/ucode/luci/", 0o755))
-                placed.append(_put(root, os.path.join(stage, "usr", "share", "ucode", "luci", "version.uc"),
+                placed.append(put_file(root, core, "/usr/lib/ucode/luci/", 0o755))
+                placed.append(put_file(root, os.path.join(stage, "usr", "share", "ucode", "luci", "version.uc"),
                                    UCODE_LIBRARYDIR + "/", 0o644))
             elif src == "luci-bwc":
                 bwc = _host_tool(os.path.join(luci_tree, rel, "src", "luci-bwc.c"), "luci-bwc", work, ["-ldl"])
                 if bwc:
-                    placed.append(_put(root, bwc, "/usr/bin/luci-bwc", 0o755))
+                    placed.append(put_file(root, bwc, "/usr/bin/luci-bwc", 0o755))
                 else:
                     report["notes"].append("luci-bwc (luci-mod-status's bandwidth collector) did not build (it needs iwinfo.h): skipped")
             report["packages"][name] = placed

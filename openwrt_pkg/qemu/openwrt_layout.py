@@ -153,7 +153,9 @@ def _source(spec, manifest):
     return os.path.join(tree, rel)
 
 
-def _put(root, src, dest, mode):
+def put_file(root, src, dest, mode):
+    """$(INSTALL_BIN) / $(INSTALL_DATA) / $(INSTALL_CONF) src into root; dest ending in / is a
+    folder. Returns the image path."""
     path = root + dest
     if dest.endswith("/"):
         path = os.path.join(path, os.path.basename(src))
@@ -168,7 +170,8 @@ def _put(root, src, dest, mode):
     return "/" + os.path.relpath(path, root)
 
 
-def _tree(root, src, dest):
+def copy_tree(root, src, dest):
+    """`$(CP) src/* root/dest/` (cp -a: modes and links kept); returns the image paths."""
     out = []
     for d, dirs, files in os.walk(src):
         rel = os.path.relpath(d, src)
@@ -205,20 +208,20 @@ def install_package(root, manifest, name, makefile, steps):
         if op == "tree":
             if not os.path.isdir(path):
                 raise LayoutError("openwrt_layout: %s: no folder %s (%s)" % (name, path, makefile))
-            placed += _tree(root, path, dest)
+            placed += copy_tree(root, path, dest)
             continue
         hits = sorted(glob.glob(path))
         if not hits:
             raise LayoutError("openwrt_layout: %s: %s is missing (install rule of %s)" % (name, path, makefile))
         for h in hits:
-            placed.append(_put(root, h, dest, MODES[op]))
+            placed.append(put_file(root, h, dest, MODES[op]))
     return placed
 
 
 def install_base_files(root, manifest, version):
     """package/base-files/Makefile's install: files/, substitutions, folders and links."""
     src = os.path.join(manifest["trees"]["openwrt"], "package", "base-files", "files")
-    placed = _tree(root, src, "/")
+    placed = copy_tree(root, src, "/")
     for rel in ("sbin/hotplug-call", "etc/preinit", "etc/profile"):
         _sub(os.path.join(root, rel), {"%PATH%": TARGET_INIT_PATH})
     for rel in ("etc/banner", "etc/device_info", "etc/openwrt_release", "etc/openwrt_version", "usr/lib/os-release"):

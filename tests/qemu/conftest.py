@@ -66,6 +66,7 @@ class QemuLab:
         self.responders = []
         self.results = RESULTS
         self.spent = False  # set once the packages are removed: the next module boots afresh
+        self.tool = None  # the package manager install() used
         self.wait_for = wait_for
         self.repo = REPO
 
@@ -154,6 +155,7 @@ class QemuLab:
 
     def install(self, tool="opkg"):
         """Install passthrough's packages from /root/packages with the real opkg or apk."""
+        self.tool = tool
         if tool == "opkg":
             cmd = "opkg install /root/packages/ipk/*.ipk"
         else:
@@ -255,18 +257,18 @@ class Labs:
 
     def __init__(self, tmp_path_factory):
         self.tmp_path_factory = tmp_path_factory
-        self.tool = self.gen = self.lab = None
+        self.gen = self.lab = None
 
     def get(self, tool):
-        if self.lab is not None and self.tool == tool and not self.lab.spent:
+        if self.lab is not None and self.lab.tool == tool and not self.lab.spent:
             return self.lab
         self.close()
         self.gen = _lab(self.tmp_path_factory, tool)
-        self.tool, self.lab = tool, next(self.gen)
+        self.lab = next(self.gen)
         return self.lab
 
     def close(self):
-        gen, self.gen, self.lab, self.tool = self.gen, None, None, None
+        gen, self.gen, self.lab = self.gen, None, None
         if gen is not None:
             try:
                 next(gen)  # runs _lab's teardown (and its asserts)
