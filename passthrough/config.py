@@ -30,7 +30,12 @@ DEFAULTS = {
     "control_socket": "/var/run/passthrough.sock",
     "queue_backend": "auto",
     "offload": "auto",
+    "natt_ports": "auto",
 }
+
+# What natt_ports 'auto' runs (passthrough/engine.py, nat/mapping.NattPorts). One constant, so
+# the default can follow the interop matrix (tests/interop) without touching anything else.
+NATT_PORTS_AUTO = "distinct"
 
 BOOL_OPTIONS = ("enabled", "l2tp_passthrough", "ipsec_passthrough", "pptp_passthrough")
 # option: (min, max); why: zones are 16 bit, queues 16 bit, ct timeouts must outlive L2TP HELLO (60 s)
@@ -53,6 +58,9 @@ CHOICE_OPTIONS = {
     "log_level": ("debug", "info", "notice", "warning", "err", "error"),
     "queue_backend": ("auto", "nft", "iptables"),
     "offload": ("auto", "bpf", "off"),  # BPF fast path for learned data flows (nat/bpf.py)
+    # NAT-T source ports of LAN hosts sharing a server: all keep 4500 (told apart by SPI), or
+    # the first keeps 4500 and later ones get ports of their own (servers keying by address+port)
+    "natt_ports": ("auto", "preserve", "distinct"),
 }
 STR_OPTIONS = ("lan_device", "wan_device", "control_socket")
 TRUE_WORDS = ("1", "yes", "on", "true", "enabled")
@@ -81,6 +89,11 @@ class Config:
     def kind_enabled(self, kind):
         """Is passthrough of this VPN family (l2tp, ipsec, pptp) allowed?"""
         return bool(self.enabled and self.values[kind + "_passthrough"])
+
+    def natt_ports_mode(self):
+        """The NAT-T port policy in force: 'preserve' or 'distinct' ('auto' resolved)."""
+        mode = self.values["natt_ports"]
+        return NATT_PORTS_AUTO if mode == "auto" else mode
 
     def as_dict(self):
         out = {}

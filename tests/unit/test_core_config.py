@@ -71,3 +71,21 @@ def test_render_roundtrip():
     cfg = C.load_text(SAMPLE, "uci")
     again = C.load_text(C.render_uci(cfg), "uci")
     assert again == cfg
+
+
+def test_natt_ports_values_default_and_auto():
+    assert C.Config({}).natt_ports == "auto" and C.Config({}).natt_ports_mode() == C.NATT_PORTS_AUTO
+    assert C.NATT_PORTS_AUTO in ("preserve", "distinct")
+    assert C.Config({"natt_ports": "preserve"}).natt_ports_mode() == "preserve"
+    assert C.Config({"natt_ports": "distinct"}).natt_ports_mode() == "distinct"
+    for bad in ("Distinct", "random", "", "1"):
+        try:
+            C.Config({"natt_ports": bad})
+        except C.ConfigError as e:
+            msg = str(e)
+            assert "natt_ports" in msg and "preserve" in msg and "distinct" in msg and "auto" in msg, msg
+            continue
+        raise AssertionError("accepted %r" % bad)
+    text = "config passthrough 'global'\n\toption natt_ports 'preserve'\n"
+    cfg = C.load_text(text, "uci")
+    assert cfg.natt_ports == "preserve" and C.load_text(C.render_uci(cfg), "uci") == cfg
