@@ -1,0 +1,172 @@
+# micropython: run
+"""NAT-T port policy (option natt_ports): the port allocator (nat/mapping.NattPorts), pure;
+tests/lab/test_lab_passthrough.py shows the kernel translating with real nftables and conntrack."""
+from nat import mapping as M
+
+LAN1, LAN2, LAN3, SRV, SRV2, WAN = "192.168.1.10", "192.168.1.11", "192.168.1.12", "203.0.113.2", "203.0.113.3", "203.0.113.1"
+Z1, Z2, Z3 = 4107, 4108, 4109
+P2 = M.NATT_PORT_FIRST + 267 % M.NATT_PORT_COUNT  # 192.168.1.11: low 16 bits 1*256 + 11
+P3 = M.NATT_PORT_FIRST + 268 % M.NATT_PORT_COUNT
+
+
+def allocator(**kw):
+    logs = []
+    a = M.NattPorts(log=lambda level, msg: logs.append((level, msg)), **kw)
+    a.logs = logs
+    return a
+
+
+def names(ops):
+    return [(o[0], o[1]) for o in ops]
+
+
+# --- the allocator ------------------------------------------------------------------------------
+def test_first_host_keeps_4500_later_hosts_get_ports_of_their_own():
+    a = allocator()
+    assert a.claim(LAN1, Z1, SRV, 1.0, True) == (4500, [])
+    port, ops = a.claim(LAN2, Z2, SRV, 1.1, True)
+    assert port == P2 and P2 != 4500
+    c = "natt-port %s %s %d" % (LAN2, SRV, P2)
+    assert ops == [("add", "natt_out", (LAN2, SRV), P2, c), ("add", "natt_in", (SRV, P2), Z2, c)]
+    port3, ops3 = a.claim(LAN3, Z3, SRV, 1.2, True)
+    assert port3 == P3 and names(ops3) == [("add", "natt_out"), ("add", "natt_in")]
+    # The same host again: its port, nothing to program.
+    assert a.claim(LAN2, Z2, SRV, 2.0, True) == (P2, []) and a.claim(LAN1, Z1, SRV, 2.0, True) == (4500, [])
+    # Another server: the first host there keeps 4500 whoever holds it elsewhere.
+    assert a.claim(LAN2, Z2, SRV2, 2.1, True) == (4500, [])
+    assert a.owner(SRV, P2) == LAN2 and a.owner(SRV2, P2) is None
+    assert a.distinct_in_use() == 2 and len(a) == 4 and a.allocated == 2
+
+
+def test_preserve_records_who_keeps_4500_so_a_switch_to_distinct_knows():
+    a = allocator()
+    assert a.claim(LAN1, Z1, SRV, 1.0, False) == (4500, [])
+    assert a.claim(LAN2, Z2, SRV, 1.0, False) == (4500, [])  # preserve: everyone keeps it
+    assert a.distinct_in_use() == 0
+    # natt_ports switched to distinct: both live hosts' conntrack entries keep 4500; a new one
+    # gets its own port, the old ones are left as they are.
+    assert a.claim(LAN2, Z2, SRV, 2.0, True) == (4500, [])
+    assert a.claim(LAN3, Z3, SRV, 2.0, True)[0] == P3
+
+
+def test_ports_derive_from_the_address_next_free_on_a_clash():
+    a = allocator(first=20000, count=4)
+    a.claim("10.0.0.1", 1, SRV, 0.0, True)
+    assert a.claim("10.0.0.6", 6, SRV, 0.0, True)[0] == 20002  # 6 % 4
+    assert a.claim("10.0.0.10", 10, SRV, 0.0, True)[0] == 20003  # 10 % 4 = 2 taken -> 3
+    assert a.claim("10.0.0.14", 14, SRV, 0.0, True)[0] == 20000  # 2, 3 taken -> wraps to 0
+    assert a.range_text() == "20000-20003"
+
+
+def test_freed_when_the_flows_are_gone_and_the_hold_has_passed():
+    a = allocator()
+    a.claim(LAN1, Z1, SRV, 0.0, True)
+    a.claim(LAN2, Z2, SRV, 0.0, True)
+    live = {(LAN1, SRV): True, (LAN2, SRV): True}
+
+    def is_live(lan, remote):
+        return live.get((lan, remote), False)
+
+    assert a.expire(1000.0, 180, is_live) == []  # flows alive: kept however old
+    live[(LAN2, SRV)] = False
+    assert a.expire(100.0, 180, is_live) == []  # no flow, but within the hold
+    assert a.expire(181.0, 180, is_live) == [("del", "natt_out", (LAN2, SRV)), ("del", "natt_in", (SRV, P2))]
+    assert a.port(LAN2, SRV) is None and a.owner(SRV, P2) is None and a.distinct_in_use() == 0
+    # Activity seen later (kernel counters through the flows) moves the hold on.
+    a.claim(LAN2, Z2, SRV, 200.0, True)
+    a.touch(LAN2, SRV, 300.0)
+    assert a.expire(450.0, 180, is_live) == [] and a.port(LAN2, SRV) == P2
+    # The keeper goes: the next newcomer keeps 4500, the host with a distinct port keeps it.
+    live[(LAN1, SRV)] = False
+    assert a.expire(450.0, 180, is_live) == []  # LAN1 a keeper: nothing in the kernel to delete
+    assert a.port(LAN1, SRV) is None
+    assert a.claim(LAN3, Z3, SRV, 451.0, True) == (4500, [])
+
+
+def test_range_exhausted_logs_and_keeps_4500_never_raises():
+    a = allocator(first=30000, count=2)
+    hosts = ["10.0.1.%d" % i for i in range(1, 40)]
+    ports = [a.claim(h, 100 + i, SRV, 5.0, True)[0] for i, h in enumerate(hosts)]
+    assert ports[0] == 4500 and sorted(ports[1:3]) == [30000, 30001]
+    assert ports[3:] == [4500] * (len(hosts) - 3)  # told apart by SPI, as in preserve
+    assert a.exhausted == len(hosts) - 3
+    warned = [m for lv, m in a.logs if lv == "warning"]
+    assert len(warned) == 1 and "30000-30001" in warned[0] and SRV in warned[0], a.logs  # once a minute
+    assert a.claim(hosts[5], 105, SRV, 5.0, True) == (4500, [])  # recorded: not claimed again
+    # A port freed: the next newcomer gets it.
+    a.release(hosts[1], SRV)
+    assert a.claim("10.0.2.1", 200, SRV, 6.0, True)[0] in (30000, 30001)
+
+
+def test_an_existing_conntrack_translation_stands():
+    """A connection older than the table (fresh start, table reinstalled): what conntrack
+    translates it to is what the pair gets, whoever comes first now."""
+    a = allocator()
+    # LAN2's entry already says P2: it keeps P2 (elements written again), though nobody holds 4500.
+    port, ops = a.claim(LAN2, Z2, SRV, 1.0, True, found=P2)
+    assert port == P2 and [(o[1], o[2], o[3]) for o in ops] == [("natt_out", (LAN2, SRV), P2), ("natt_in", (SRV, P2), Z2)]
+    # LAN1's says 4500: it keeps it, though it is not the first now.
+    assert a.claim(LAN1, Z1, SRV, 1.1, True, found=4500) == (4500, [])
+    assert a.port(LAN1, SRV) == 4500 and a.claim(LAN3, Z3, SRV, 1.2, True)[0] == P3
+    # A port the kernel chose itself, or one taken: reported, not recorded.
+    assert a.claim("192.168.1.20", 4117, SRV, 1.3, True, found=1025) == (1025, [])
+    assert a.claim("192.168.1.21", 4118, SRV, 1.3, True, found=P2) == (P2, [])
+    assert a.port("192.168.1.20", SRV) is None and a.owner(SRV, P2) == LAN2
+    # Recorded pairs are not looked at again.
+    assert a.claim(LAN2, Z2, SRV, 2.0, True, found=4500) == (P2, [])
+
+
+def test_pairs_are_bounded():
+    a = allocator(max_pairs=3)
+    for i in range(10):
+        a.claim("10.0.3.%d" % i, i, SRV, 0.0, True)
+    assert len(a) == 3
+    assert a.claim("10.0.3.9", 9, SRV, 0.0, True) == (4500, [])  # unrecorded beyond the bound
+
+
+def test_comment_roundtrip():
+    assert M.parse_natt_comment(M.natt_comment(LAN2, SRV, P2)) == (LAN2, SRV, P2)
+    for bad in (None, "", "natt-port a b", "natt-port a b x", "esp a 1 2 3"):
+        assert M.parse_natt_comment(bad) is None
+
+
+def kernel_state():
+    a = allocator()
+    a.claim(LAN1, Z1, SRV, 0.0, True)
+    ops = a.claim(LAN2, Z2, SRV, 0.0, True)[1] + a.claim(LAN3, Z3, SRV, 0.0, True)[1]
+    out = [(o[2][0], o[2][1], o[3], o[4]) for o in ops if o[1] == "natt_out"]
+    inn = [(o[2][0], o[2][1], o[3], o[4]) for o in ops if o[1] == "natt_in"]
+    return out, inn
+
+
+def test_readoption_is_deterministic_and_removes_what_does_not_fit():
+    out, inn = kernel_state()
+    zones = {LAN1: Z1, LAN2: Z2, LAN3: Z3}
+    results = []
+    for order in (1, -1):
+        a = allocator()
+        ops, n = a.adopt(out[::order], inn[::order], zones.get, 10.0)
+        results.append((ops, n, sorted(a.port_of.items()), sorted(a.zone_of.items())))
+    assert results[0] == results[1]
+    ops, n, ports, _ = results[0]
+    assert ops == [] and n == 2 and ports == [((LAN2, SRV), P2), ((LAN3, SRV), P3)]
+    # Broken or foreign state: deleted (comment not ours, unknown host, outside the range, a
+    # second host on one port); a missing or wrong natt_in is written again.
+    bad_out = out + [("192.168.1.99", SRV, 14999, M.natt_comment("192.168.1.99", SRV, 14999)),
+                     (LAN1, SRV2, 9999, M.natt_comment(LAN1, SRV2, 9999)),
+                     (LAN1, SRV, P2, M.natt_comment(LAN1, SRV, P2)),
+                     (LAN3, SRV2, P3, "something else")]
+    bad_in = [inn[0], (SRV, P3, Z1, inn[1][3]), ("198.51.100.7", 15000, Z1, "x")]
+    a = allocator()
+    ops, n = a.adopt(bad_out, bad_in, zones.get, 10.0)
+    assert n == 2 and a.owner(SRV, P2) == LAN2  # natt_in names P2's host: LAN1's claim goes
+    assert sorted(o for o in ops if o[0] == "del") == sorted([
+        ("del", "natt_out", ("192.168.1.99", SRV)), ("del", "natt_out", (LAN1, SRV2)),
+        ("del", "natt_out", (LAN1, SRV)), ("del", "natt_out", (LAN3, SRV2)),
+        ("del", "natt_in", (SRV, P3)), ("del", "natt_in", ("198.51.100.7", 15000))])
+    adds = [o for o in ops if o[0] == "add"]
+    assert [(o[1], o[2], o[3]) for o in adds] == [("natt_in", (SRV, P3), Z3)]
+    # After re-adoption a newcomer does not get a port in use.
+    a.adopt_keeper(LAN1, SRV, 10.0)
+    p, _ = a.claim("192.168.5.11", 4200, SRV, 11.0, True)  # same low bits as LAN2 modulo the range
+    assert p not in (4500, P2, P3)
