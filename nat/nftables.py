@@ -4,10 +4,12 @@ Two tables, so that policy outlives the daemon (fail-closed) while queueing fail
 - `ip passthrough`: classify (zone known data, queue control/first packets), steer (zone what
   classify left: control packets, what the daemon just learned), nat_prerouting (first packet
   of a connection only: VPN UDP conntrack timeout, PPTP helper, fallback map, dnat of new
-  inbound connections in a host's zone to that host).
+  inbound connections in a host's zone to that host), nat_postrouting (first packet only: a
+  NAT-T flow given a distinct external port by option natt_ports, nat/mapping.NattPorts).
   Priorities: classify raw-10 (-310, before iptables-nft raw at -300 which holds the NFQUEUE
   rule on kernels without nft_queue), steer -250 (after the queue, before conntrack at -200),
-  nat -110 (before fw4's dstnat at -100).
+  nat -110 (before fw4's dstnat at -100), nat_postrouting srcnat-1 (99: the first nat chain
+  that translates a connection wins, so it goes before fw4's masquerade at 100).
 - `inet passthrough_policy`: forward-hook drops for families switched off.
 
 Payload offsets (@th = transport header, bits): UDP payload starts at 64. IKE initiator SPI is
@@ -15,7 +17,7 @@ the first 8 bytes of IKE (@th,64,64 on 500; after the 4-byte non-ESP marker on 4
 @th,96,64); ESP SPI is @th,0,32 raw and @th,64,32 in UDP (RFC 3948); an L2TPv2 header keeps the
 tunnel id at byte 4 when the L(ength) bit is set (all control messages), else at byte 2.
 """
-from nat.mapping import LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, ESP_OUT, L2TP_ZONE
+from nat.mapping import LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, ESP_OUT, L2TP_ZONE, NATT_OUT, NATT_IN
 
 TABLE = "passthrough"
 POLICY_TABLE = "passthrough_policy"
@@ -30,12 +32,14 @@ KEY_TYPES = {
     IKE_ZONE: "typeof ip saddr . @th,64,64 : ct zone",
     ESP_ZONE: "typeof ip saddr . @th,0,32 : ct zone",
     L2TP_ZONE: "typeof ip saddr . @th,96,16 : ct zone",
+    NATT_OUT: "typeof ip saddr . ip daddr : udp sport",
+    NATT_IN: "typeof ip saddr . udp dport : ct zone",
 }
 # Key-only twin of each demux map, for the "not known yet" tests in classify: kernels before 6.5
 # refuse a lookup on a map that does not use its value ("nf_tables: relax set/map validation
 # checks"), e.g. OpenWrt 23.05's 5.15 and Debian 12's 6.1. render_op keeps the twins in step.
 KEYSET = {LAN_ZONE: LAN_ZONE + "_k", ESP_OUT: ESP_OUT + "_k", IKE_ZONE: IKE_ZONE + "_k",
-          ESP_ZONE: ESP_ZONE + "_k", L2TP_ZONE: L2TP_ZONE + "_k"}
+          ESP_ZONE: ESP_ZONE + "_k", L2TP_ZONE: L2TP_ZONE + "_k", NATT_IN: NATT_IN + "_k"}
 # Per-element packet counters (the daemon's idle detection for inbound keys) only where they are
 # read: a counter is one more expression on every hit.
 COUNTED = (IKE_ZONE, ESP_ZONE, L2TP_ZONE)
@@ -103,7 +107,7 @@ def render_fastpath(cfg, backend, prefilter=None):
     t = cfg.udp_timeout
     out.append("\tct timeout vpn-udp { protocol udp; l3proto ip; policy = { unreplied : %d, replied : %d }; }" % (t, t))
     out.append('\tct helper pptp { type "pptp" protocol tcp; l3proto ip; }')
-    for name in (LAN_ZONE, ZONE_LAN, ESP_OUT, IKE_ZONE, ESP_ZONE, L2TP_ZONE):
+    for name in (LAN_ZONE, ZONE_LAN, ESP_OUT, IKE_ZONE, ESP_ZONE, L2TP_ZONE, NATT_OUT, NATT_IN):
         extra = " counter;" if name in COUNTED else ""
         out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
     out.append("\tset %s { typeof ip saddr; size 65535; flags dynamic,timeout; timeout 60s; }" % FLOOD_SET)
@@ -163,12 +167,28 @@ def render_fastpath(cfg, backend, prefilter=None):
     if ipsec:
         ci.append("udp dport 4500 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
         ci.append("meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s accept" % ESP_ZONE)
+    if ipsec:
+        # From the server's 4500 to another port of ours: maybe a distinct NAT-T port (natt_ports)
+        ci.append("udp sport 4500 udp dport != 4500 goto classify_in_natt")
     if l2tp:
         ci.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ct zone set ip saddr . @th,80,16 map @%s accept" % L2TP_ZONE)
     ci.extend(_vpn_to("classify_in_vpn", ipsec))
     out.append("\tchain classify_in {")
     out.extend("\t\t" + r for r in ci)
     out.append("\t}")
+
+    if ipsec:
+        # Replies to a host's distinct NAT-T port: the port names the host. Known ESP data is
+        # zoned by its SPI all the same (esp_zone counts it: the flow's activity); a new SPI is
+        # queued, so the daemon pairs it with this port's host and the flow can be offloaded;
+        # the rest (IKE, keepalives) by the port. A port that is not ours goes the usual way.
+        cn = ["ip saddr . udp dport != @%s goto classify_in_vpn" % KEYSET[NATT_IN]]
+        cn.append("udp length > 16 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
+        cn.append("udp length > 16 @th,64,32 != 0 %s goto queue_in" % steer)
+        cn.append("ct zone set ip saddr . udp dport map @%s accept" % NATT_IN)
+        out.append("\tchain classify_in_natt {")
+        out.extend("\t\t" + r for r in cn)
+        out.append("\t}")
 
     cw = [steer]
     if ipsec:
@@ -221,6 +241,8 @@ def render_fastpath(cfg, backend, prefilter=None):
     # WAN -> LAN: the zone learned for the packet's demux key; the fallback map last (only when
     # no exact key matched: `accept` ends the chain after the first zone set).
     si = []
+    # A distinct NAT-T port first: the port decides (queued new SPIs, flood-limited packets).
+    si.append("udp sport 4500 udp dport != 4500 ct zone set ip saddr . udp dport map @%s accept" % NATT_IN)
     si.append("udp dport 4500 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
     si.append("meta l4proto esp ct zone set ip saddr . @th,0,32 map @%s accept" % ESP_ZONE)
     si.append("udp dport 1701 @th,64,8 & 0x40 == 0x00 ct zone set ip saddr . @th,80,16 map @%s accept" % L2TP_ZONE)
@@ -247,13 +269,22 @@ def render_fastpath(cfg, backend, prefilter=None):
         out.append("\t\tiifname %s tcp dport 1723 ct helper set \"pptp\"" % lan)
     out.append("\t\tiifname %s ct zone != 0 dnat ip to ct zone map @%s" % (wan, ZONE_LAN))
     out.append("\t}")
+    # First packet of a host's NAT-T connection whose (host, server) pair the daemon gave a
+    # distinct port: masquerade to that port. No element (the first host, preserve mode): the
+    # lookup fails, the rule ends and fw4's masquerade keeps 4500 in the host's zone.
+    out.append("\tchain nat_postrouting {")
+    out.append("\t\ttype nat hook postrouting priority 99; policy accept;")
+    out.append("\t\toifname %s udp sport 4500 udp dport 4500 ct zone != 0 masquerade to :ip saddr . ip daddr map @%s"
+               % (wan, NATT_OUT))
+    out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
 
 
 # Chains of older layouts: reload_chains deletes them when a kept table still has them.
-FASTPATH_CHAINS = ("classify", "classify_out", "classify_out_vpn", "classify_in", "classify_in_vpn", "queue_in",
-                   "steer", "steer_out", "steer_in", "nat_prerouting")
+FASTPATH_CHAINS = ("classify", "classify_out", "classify_out_vpn", "classify_in", "classify_in_natt",
+                   "classify_in_vpn", "queue_in", "steer", "steer_out", "steer_in", "nat_prerouting",
+                   "nat_postrouting")
 
 
 def render_policy(cfg):
@@ -288,8 +319,10 @@ def _key_text(name, key):
         return "%s . 0x%016x" % (ip, key[1])
     if name in (ESP_ZONE, ESP_OUT):
         return "%s . 0x%08x" % (ip, key[1])
-    if name == L2TP_ZONE:
+    if name in (L2TP_ZONE, NATT_IN):
         return "%s . %d" % (ip, key[1])
+    if name == NATT_OUT:
+        return "%s . %s" % (ip, key[1])
     raise ValueError("unknown map %r" % name)
 
 

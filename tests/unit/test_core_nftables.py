@@ -105,3 +105,51 @@ def test_prefilter_only_with_the_offload_program():
     assert pre[3].strip() == "meta iif 9 meta mark & 0x20000000 == 0 accept", pre
     assert pre[4].strip() == "meta mark set meta mark & 0xdfffffff", pre
     assert "jump classify_out" in pre[5]
+
+
+def test_natt_ports_maps_chains_and_postrouting():
+    """natt_ports: the nat chain masquerades a host's first NAT-T packet to its distinct port
+    before fw4's masquerade (100); replies to such a port are zoned by it."""
+    for backend in ("nft", "iptables"):
+        r = N.render_fastpath(Config({"natt_ports": "distinct", "wan_device": "eth1"}), backend)
+        assert "\tmap natt_out { typeof ip saddr . ip daddr : udp sport; }" in r
+        assert "\tmap natt_in { typeof ip saddr . udp dport : ct zone; }" in r
+        assert "\tset natt_in_k { typeof ip saddr . udp dport; }" in r
+        post = chain(r, "nat_postrouting").strip().splitlines()
+        assert [l.strip() for l in post] == [
+            "type nat hook postrouting priority 99; policy accept;",
+            'oifname "eth1" udp sport 4500 udp dport 4500 ct zone != 0 masquerade to :ip saddr . ip daddr map @natt_out']
+        ci = [l.strip() for l in chain(r, "classify_in").strip().splitlines()]
+        assert ci[0].startswith("udp dport 4500 ct zone set") and ci[2] == "udp sport 4500 udp dport != 4500 goto classify_in_natt"
+        natt = [l.strip() for l in chain(r, "classify_in_natt").strip().splitlines()]
+        assert natt == [
+            "ip saddr . udp dport != @natt_in_k goto classify_in_vpn",
+            "udp length > 16 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @esp_zone accept",
+            "udp length > 16 @th,64,32 != 0 meta mark set meta mark | 0x20000000 goto queue_in",
+            "ct zone set ip saddr . udp dport map @natt_in accept"]
+        assert chain(r, "steer_in").strip().splitlines()[0].strip() == \
+            "udp sport 4500 udp dport != 4500 ct zone set ip saddr . udp dport map @natt_in accept"
+    # The same rules in every mode (elements decide; a switch keeps live ports working), none
+    # of the 4500 ones with IPsec off.
+    assert N.render_fastpath(Config({"natt_ports": "preserve"}), "nft") == N.render_fastpath(Config({}), "nft")
+    off = N.render_fastpath(Config({"ipsec_passthrough": "0"}), "nft")
+    assert "classify_in_natt" not in off
+    assert "nat_postrouting" in N.FASTPATH_CHAINS and "classify_in_natt" in N.FASTPATH_CHAINS
+
+
+def test_natt_ops_and_policy_still_drops_distinct_port_flows():
+    c = 'natt-port 192.168.1.11 203.0.113.2 14767'
+    assert N.render_op(("add", "natt_out", ("192.168.1.11", "203.0.113.2"), 14767, c)) == \
+        'add element ip passthrough natt_out { 192.168.1.11 . 203.0.113.2 comment "%s" : 14767 }' % c
+    assert N.render_op(("add", "natt_in", ("203.0.113.2", 14767), 4108, c)) == \
+        'add element ip passthrough natt_in { 203.0.113.2 . 14767 comment "%s" : 4108 }\n' \
+        'add element ip passthrough natt_in_k { 203.0.113.2 . 14767 }' % c
+    assert N.render_op(("del", "natt_in", ("203.0.113.2", 14767))) == \
+        "delete element ip passthrough natt_in { 203.0.113.2 . 14767 }\n" \
+        "delete element ip passthrough natt_in_k { 203.0.113.2 . 14767 }"
+    assert N.render_op(("del", "natt_out", ("192.168.1.11", "203.0.113.2"))) == \
+        "delete element ip passthrough natt_out { 192.168.1.11 . 203.0.113.2 }"
+    # The forward hook sees a distinct-port flow with the server's port 4500 on it both ways
+    # (before SNAT outbound, after its undoing inbound): "ipsec off" drops it.
+    drops = N.render_policy(Config({"ipsec_passthrough": "0"}))
+    assert "udp dport { 500, 4500 } counter drop" in drops and "udp sport { 500, 4500 } counter drop" in drops
