@@ -85,6 +85,10 @@ def cmd_status(args):
         ", ".join("%s=zone %s" % (h, z) for h, z in sorted(s.get("hosts", {}).items())) or "none"))
     print("  l2tp %s, ipsec %s, pptp %s" % tuple("on" if s.get(k) else "off" for k in (
         "l2tp_passthrough", "ipsec_passthrough", "pptp_passthrough")))
+    natt = s.get("natt_ports") or {}
+    if natt:
+        print("  NAT-T ports: %s (option natt_ports '%s'), %d distinct port(s) in use of %s" % (
+            natt.get("effective"), natt.get("configured"), natt.get("distinct_in_use", 0), natt.get("range")))
     off = s.get("offload") or {}
     if off.get("active"):
         prog = off.get("program", {})

@@ -172,7 +172,8 @@ class Daemon:
         self.cfg = configmod.load(config_path)
         self.control_path = control_path or self.cfg.control_socket
         self.kernel = Kernel(self.cfg)
-        self.engine = Engine(self.cfg, RateLimitedLog(log))
+        self.engine = Engine(self.cfg, RateLimitedLog(log), natt_probe=self._natt_probe)
+        self._ct = None  # ctnetlink socket of the NAT-T port lookups, opened on first use
         self.queues = []
         self.ctl = None
         self.running = False
@@ -313,9 +314,27 @@ class Daemon:
             for k, v, _, comment in self.kernel.map_elements(name):
                 keyed.append((name, k[0], k[1], v, comment))
         esp_out = [tuple(k) for k, _, _, _ in self.kernel.map_elements(mapping.ESP_OUT)]
-        ops, adopted = self.engine.adopt(lan_zone, keyed, esp_out, self._now())
+        natt_out = [(k[0], k[1], v, c) for k, v, _, c in self.kernel.map_elements(mapping.NATT_OUT) if len(k) == 2]
+        natt_in = [(k[0], k[1], v, c) for k, v, _, c in self.kernel.map_elements(mapping.NATT_IN) if len(k) == 2]
+        ops, adopted = self.engine.adopt(lan_zone, keyed, esp_out, self._now(), natt_out, natt_in)
         self._apply(ops)
-        log.info("adopted %d host zones and %d flows kept by the kernel from a previous run", len(lan_zone), adopted)
+        log.info("adopted %d host zones, %d flows and %d distinct NAT-T ports kept by the kernel from a previous run",
+                 len(lan_zone), adopted, self.engine.natt.distinct_in_use())
+
+    def _natt_probe(self, lan, zone, remote):
+        """The WAN port conntrack already translates lan:4500 -> remote:4500 to in the host's
+        zone (None: no entry). A connection older than the daemon's state keeps its
+        translation; the port table must say what it is, or replies to it find no host."""
+        port = mapping.NATT_PORT
+        try:
+            if self._ct is None:
+                from nat.ctnetlink import Conntrack
+                self._ct = Conntrack()
+            e = self._ct.get(17, (lan, remote, port, port), zone)
+        except OSError as err:
+            log.debug("conntrack lookup for the NAT-T port of %s -> %s: %s", lan, remote, err)
+            return None
+        return e["reply"][3] if e is not None else None
 
     def _bind_queues(self):
         from netfilterqueue import NetfilterQueue  # only the daemon needs the C extension
@@ -370,6 +389,9 @@ class Daemon:
         if not keep_kernel:
             self._stop_offload(chains=False)
             self.kernel.remove(keep_policy=True)
+        if self._ct is not None:
+            self._ct.close()
+            self._ct = None
         if self.ctl is not None:
             self.ctl.close()
             try:
@@ -456,7 +478,14 @@ class Daemon:
             "errors": self.errors, "op_failures": self.op_failures,
             "queue_overruns": sum(r.enobufs for r in self.readers), "queue_fail_open": self.fail_open, "uptime": round(time.time() - self.started, 1),
             "config": self.config_path, "offload": self._offload_status(),
+            "natt_ports": self._natt_status(),
         }
+
+    def _natt_status(self):
+        natt = self.engine.natt
+        return {"configured": self.cfg.natt_ports, "effective": self.cfg.natt_ports_mode(),
+                "distinct_in_use": natt.distinct_in_use(), "pairs": len(natt), "range": natt.range_text(),
+                "exhausted": natt.exhausted}
 
     def _offload_status(self):
         if self.offloader is None:

@@ -14,8 +14,8 @@ the LAN host whose outbound SA to S is the oldest one still waiting for its inbo
 reordered) can mis-pair; it is logged and the kernel entry is corrected when the next unknown
 SPI arrives from that server.
 """
-from nat.mapping import (ZoneAllocator, HostTableFull, key_op, esp_out_op, parse_flow_comment,
-                         KEY_MAP, ESP_OUT)
+from nat.mapping import (ZoneAllocator, HostTableFull, NattPorts, key_op, esp_out_op, parse_flow_comment,
+                         KEY_MAP, ESP_OUT, NATT_PORT)
 from passthrough.flows import Flow, FlowTable, TableFull, FAMILY
 
 L2TP_CLOSING_GRACE = 10.0
@@ -27,11 +27,17 @@ def _int16(text):
 
 
 class Engine:
-    def __init__(self, cfg, log=None):
+    def __init__(self, cfg, log=None, natt_probe=None):
+        """natt_probe(lan_ip, zone, remote_ip): the external port of an existing conntrack entry
+        of the host's UDP 4500 -> remote:4500 connection, or None (the daemon's lookup; asked
+        only for a (host, server) pair new to the NAT-T port table)."""
         self.cfg = cfg
         self.log = log or (lambda level, msg: None)
+        self.natt_probe = natt_probe
         self.zones = ZoneAllocator(cfg.zone_base, cfg.max_hosts)
         self.flows = FlowTable(cfg.max_flows, cfg.flows_per_host, cfg.flow_timeout)
+        # External ports of NAT-T flows (option natt_ports); bounded like the flow table.
+        self.natt = NattPorts(max_pairs=cfg.max_flows, log=self.log)
         self.pending = {}       # (kind, lan_ip, remote_ip, out_spi) -> Flow awaiting its inbound SPI
         self.host_seen = {}     # lan_ip -> last activity (zone lifetime)
         self._full_logged = {}  # lan_ip -> next time a "quota full" warning may be logged
@@ -43,6 +49,11 @@ class Engine:
         self._esp_out_refs = {}  # (lan_ip, outbound SPI) -> SAs (pending or paired) using it
         self.stats = {"queued": 0, "outbound": 0, "inbound": 0, "malformed": 0, "unmatched": 0,
                       "paired": 0, "table_full": 0, "ambiguous": 0}
+        self.stats_natt()
+
+    def stats_natt(self):
+        self.stats["natt_distinct"] = self.natt.allocated
+        self.stats["natt_exhausted"] = self.natt.exhausted
 
     # --- helpers ---------------------------------------------------------------------------
     def _allowed(self, kind):
@@ -73,6 +84,20 @@ class Engine:
             self._full_logged[lan] = now + 1.0
             self.log("warning", "host %s has %d flows (flows_per_host): new flows not tracked" % (lan, ft.flows_per_host))
         return True
+
+    def _natt_port(self, d, lan, remote, zone, now, ops):
+        """The external port of lan's UDP 4500 flow to remote (4500 for other ports): claimed
+        here, before the packet's verdict, so the nat chain finds a distinct port's element
+        when this packet opens the connection."""
+        if d.get("sport") != NATT_PORT or d.get("dport") != NATT_PORT:
+            return d.get("sport")
+        found = None
+        if self.natt_probe is not None and self.natt.port(lan, remote) is None:
+            found = self.natt_probe(lan, zone, remote)
+        port, nops = self.natt.claim(lan, zone, remote, now, self.cfg.natt_ports_mode() == "distinct", found)
+        ops.extend(nops)
+        self.stats_natt()
+        return port
 
     # --- flow indexes ---------------------------------------------------------------------------
     def _index(self, f):
@@ -242,7 +267,9 @@ class Engine:
             self.log("info", "IKE SA %016x %s:%s -> %s:%s (zone %d)" % (spi_i, lan, d["sport"], remote, d["dport"], zone))
         f.touch(now)
         f.remote_port = d["dport"]
-        f.lan_port = f.wan_port = d["sport"]
+        f.lan_port = d["sport"]
+        # After the flow is tracked: a claim is bounded by the flow table, not by packets.
+        f.wan_port = self._natt_port(d, lan, remote, zone, now, ops)
         if f.state == "peer-initiated":
             f.state = "up"  # the host answered on it: no longer a guess
         if d.get("ike_spi_r") and d["ike_spi_r"] != "0" * 16:
@@ -271,9 +298,11 @@ class Engine:
         f.key_out = spi
         f.state = "pending"
         if kind == "natt":
-            f.lan_port, f.wan_port, f.remote_port = d["sport"], d["sport"], d["dport"]
+            f.lan_port, f.remote_port = d["sport"], d["dport"]
         f.touch(now)
         self.pending[pk] = f
+        if kind == "natt":
+            f.wan_port = self._natt_port(d, lan, remote, zone, now, ops)
         self._esp_out_add(f, ops)
         self.log("info", "%s SA out %08x %s -> %s (zone %d) waiting for inbound SPI" % (kind.upper(), spi, lan, remote, zone))
 
@@ -368,12 +397,22 @@ class Engine:
             f.touch(now)
             return
         best = None
+        # NAT-T: the SA waiting on the port this packet came to, if any does. A distinct port
+        # names its host outright; at 4500 the ones translated elsewhere are out of the running.
+        # (Without such an SA, any waiting one: the kernel may not have translated as planned,
+        # e.g. a connection opened before natt_ports changed.)
+        port = d.get("dport") if kind == "natt" else None
+        best_port = None
         for pk in self.pending:
             p = self.pending[pk]
             if p.kind != kind or p.remote_ip != remote or now - p.created > self.cfg.pair_window:
                 continue
             if best is None or p.created < best.created:
                 best = p
+            if port is not None and p.wan_port == port and (best_port is None or p.created < best_port.created):
+                best_port = p
+        if best_port is not None:
+            best = best_port
         if best is None:
             self.stats["unmatched"] += 1
             self.log("info", "inbound %s SPI %08x from %s: no LAN host waiting for it" % (kind.upper(), spi, remote))
@@ -433,6 +472,7 @@ class Engine:
         for f in dead:
             self.log("info", "%s %s of %s expired" % (f.kind, f.key_text(), f.lan_ip))
         self._expire_pending(now, ops)
+        ops.extend(self._expire_natt(now))
         busy = set(self.flows.hosts())
         for pk in self.pending:
             busy.add(pk[1])
@@ -445,6 +485,32 @@ class Engine:
                 self.log("info", "LAN host %s released zone %d" % (lan, zone))
         return ops
 
+    def _expire_natt(self, now):
+        """Release the NAT-T ports of (host, server) pairs with no flow to the server's 4500
+        left, held past the flows for a conntrack timeout: the connection's translation lives as
+        long as its conntrack entry, and replies to its port must still find the host. The
+        flows' activity (which the kernel's counters keep up to date) touches their pair."""
+        waiting = {}
+        for p in self.pending.values():
+            if p.kind == "natt":
+                k = (p.lan_ip, p.remote_ip)
+                waiting[k] = max(waiting.get(k, 0), p.last_seen)
+
+        def live(lan, remote):
+            found = (lan, remote) in waiting
+            if found:
+                self.natt.touch(lan, remote, waiting[(lan, remote)])
+            for kind in ("ike", "natt"):
+                for f in self._find(kind, lan, remote):
+                    if f.remote_port == NATT_PORT:
+                        found = True
+                        self.natt.touch(lan, remote, f.last_seen)
+            return found
+
+        ops = self.natt.expire(now, self.cfg.udp_timeout, live)
+        self.stats_natt()
+        return ops
+
     def drop_family(self, family):
         """Forget every flow of a family (its toggle went off); return ops."""
         ops = []
@@ -454,6 +520,7 @@ class Engine:
         if family == "ipsec":
             for pk in list(self.pending):
                 self._esp_out_del(self.pending.pop(pk), ops)
+            ops.extend(self.natt.release_all())  # their conntrack entries are cut too
         return ops
 
     def set_config(self, cfg):
@@ -463,6 +530,7 @@ class Engine:
         self.flows.max_flows = cfg.max_flows
         self.flows.flows_per_host = cfg.flows_per_host
         self.flows.timeout = cfg.flow_timeout
+        self.natt.max_pairs = cfg.max_flows
         ops, off = [], []
         for fam in ("ipsec", "l2tp", "pptp"):
             if old.kind_enabled(fam) and not cfg.kind_enabled(fam):
@@ -470,12 +538,13 @@ class Engine:
                 ops.extend(self.drop_family(fam))
         return ops, off
 
-    def adopt(self, lan_zone, keyed, esp_out, now):
+    def adopt(self, lan_zone, keyed, esp_out, now, natt_out=(), natt_in=()):
         """Rebuild state from what the kernel kept across a daemon restart.
 
         lan_zone: [(lan_ip, zone)]; keyed: [(map_name, remote_ip, key, zone, comment)];
-        esp_out: [(lan_ip, spi)]. Returns ops removing what cannot be re-adopted (so those
-        packets get queued and learned afresh) and the number of flows adopted.
+        esp_out: [(lan_ip, spi)]; natt_out: [(lan_ip, remote_ip, port, comment)]; natt_in:
+        [(remote_ip, port, zone, comment)]. Returns ops removing what cannot be re-adopted (so
+        those packets get queued and learned afresh) and the number of flows adopted.
         """
         ops = []
         for lan, zone in lan_zone:
@@ -507,6 +576,14 @@ class Engine:
         for lan, spi in esp_out:
             if (lan, spi) not in known_out:
                 ops.append(("del", ESP_OUT, (lan, spi)))
+        nops, _ = self.natt.adopt(natt_out, natt_in, self.zones.zone_of, now)
+        ops.extend(nops)
+        # Adopted NAT-T flows without a distinct port kept 4500 (their conntrack entries say
+        # so): they hold it, and a host new to their server gets a port of its own.
+        for f in self.flows.flows.values():
+            if f.kind in ("ike", "natt") and f.lan_port == NATT_PORT and f.remote_port == NATT_PORT:
+                self.natt.adopt_keeper(f.lan_ip, f.remote_ip, now)
+                f.wan_port = self.natt.port(f.lan_ip, f.remote_ip) or NATT_PORT
         return ops, adopted
 
     def status(self, now):

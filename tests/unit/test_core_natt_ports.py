@@ -1,6 +1,9 @@
 # micropython: run
-"""NAT-T port policy (option natt_ports): the port allocator (nat/mapping.NattPorts), pure;
-tests/lab/test_lab_passthrough.py shows the kernel translating with real nftables and conntrack."""
+"""NAT-T port policy (option natt_ports): the port allocator (nat/mapping.NattPorts) and the
+engine's use of it, on decoded packets (pure; tests/lab/test_lab_passthrough.py shows the
+kernel translating with real nftables and conntrack)."""
+from passthrough.config import Config
+from passthrough.engine import Engine
 from nat import mapping as M
 
 LAN1, LAN2, LAN3, SRV, SRV2, WAN = "192.168.1.10", "192.168.1.11", "192.168.1.12", "203.0.113.2", "203.0.113.3", "203.0.113.1"
@@ -170,3 +173,133 @@ def test_readoption_is_deterministic_and_removes_what_does_not_fit():
     a.adopt_keeper(LAN1, SRV, 10.0)
     p, _ = a.claim("192.168.5.11", 4200, SRV, 11.0, True)  # same low bits as LAN2 modulo the range
     assert p not in (4500, P2, P3)
+
+
+# --- the engine -----------------------------------------------------------------------------------
+def pkt(src, dst, proto, **kw):
+    d = {"error": None, "ipver": 4, "src": src, "dst": dst, "l4": 17, "sport": None, "dport": None, "proto": proto}
+    for k in kw:
+        d[k] = kw[k]
+    return d
+
+
+def ike(src, dst, spi_i, port=4500, dport=None):
+    return pkt(src, dst, "ike", sport=port, dport=dport or port, ike_spi_i="%016x" % spi_i, ike_spi_r="0" * 16,
+               ike_version=2, ike_exchange="IKE_AUTH")
+
+
+def natt(src, dst, spi, sport=4500, dport=4500):
+    return pkt(src, dst, "esp", sport=sport, dport=dport, esp_spi="%08x" % spi, esp_seq=1, esp_udp=True)
+
+
+def engine(**opts):
+    logs = []
+    e = Engine(Config(opts), lambda level, msg: logs.append((level, msg)))
+    e.logs = logs
+    return e
+
+
+def natt_ops(ops):
+    return [o for o in ops if o[1] in ("natt_out", "natt_in")]
+
+
+def test_engine_distinct_gives_the_second_host_a_port_before_the_verdict():
+    e = engine(natt_ports="distinct")
+    assert natt_ops(e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)) == []
+    ops = e.handle(ike(LAN2, SRV, 0xA2), False, 1.1)
+    assert [(o[0], o[1], o[2], o[3]) for o in natt_ops(ops)] == [
+        ("add", "natt_out", (LAN2, SRV), P2), ("add", "natt_in", (SRV, P2), Z2)]
+    # zone first, then the port (the element holds the zone the host's packets get)
+    assert [o[1] for o in ops].index("lan_zone") < [o[1] for o in ops].index("natt_out")
+    ports = dict((r["lan_ip"], (r["lan_port"], r["wan_port"])) for r in e.status(2.0) if r["kind"] == "ike")
+    assert ports == {LAN1: (4500, 4500), LAN2: (4500, P2)}
+    assert e.stats["natt_distinct"] == 1
+    # ESP-in-UDP of both: pending with their external ports.
+    assert natt_ops(e.handle(natt(LAN1, SRV, 0x1001), False, 1.2)) == []
+    assert natt_ops(e.handle(natt(LAN2, SRV, 0x1002), False, 1.3)) == []
+    assert sorted((p.lan_ip, p.wan_port) for p in e.pending.values()) == [(LAN1, 4500), (LAN2, P2)]
+
+
+def test_engine_asks_conntrack_once_for_a_new_pair():
+    asked = []
+    kernel = {(LAN1, SRV): P2 + 5, (LAN2, SRV): 4500}  # what conntrack already translates to
+
+    def probe(lan, zone, remote):
+        asked.append((lan, zone, remote))
+        return kernel.get((lan, remote))
+
+    e = Engine(Config({"natt_ports": "distinct"}), natt_probe=probe)
+    ops = e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)  # first now, but its entry has a port
+    assert [(o[1], o[3]) for o in natt_ops(ops)] == [("natt_out", P2 + 5), ("natt_in", Z1)]
+    assert natt_ops(e.handle(ike(LAN2, SRV, 0xA2), False, 1.1)) == []  # its entry keeps 4500
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.2)
+    e.handle(ike(LAN1, SRV, 0xA9, port=500), False, 1.3)  # UDP 500: never asked
+    assert asked == [(LAN1, Z1, SRV), (LAN2, Z2, SRV)]
+    assert dict((r["lan_ip"], r["wan_port"]) for r in e.status(2.0) if r["remote_port"] == 4500) == {
+        LAN1: P2 + 5, LAN2: 4500}
+
+
+def test_engine_pairs_an_inbound_spi_by_the_port_it_came_to():
+    e = engine(natt_ports="distinct")
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    e.handle(natt(LAN1, SRV, 0x1001), False, 1.0)  # waits longest: plain pairing would pick it
+    e.handle(natt(LAN2, SRV, 0x1002), False, 1.1)
+    ops = e.handle(natt(SRV, WAN, 0x2002, dport=P2), True, 1.2)
+    assert [(o[1], o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [("esp_zone", (SRV, 0x2002), Z2)]
+    ops = e.handle(natt(SRV, WAN, 0x2001, dport=4500), True, 1.3)
+    assert [(o[1], o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [("esp_zone", (SRV, 0x2001), Z1)]
+
+
+def test_engine_preserve_and_udp_500_never_translate():
+    e = engine(natt_ports="preserve")
+    e.handle(ike(LAN1, SRV, 0xB1), False, 1.0)
+    assert natt_ops(e.handle(ike(LAN2, SRV, 0xB2), False, 1.0)) == []
+    assert all(r["wan_port"] == 4500 for r in e.status(2.0))
+    d = engine(natt_ports="distinct")
+    for lan, spi in ((LAN1, 0xC1), (LAN2, 0xC2), (LAN3, 0xC3)):
+        assert natt_ops(d.handle(ike(lan, SRV, spi, port=500), False, 1.0)) == []
+    assert all(r["wan_port"] == 500 for r in d.status(2.0))
+    # a host floating from another source port (behind a second NAT) is left to the kernel
+    assert natt_ops(d.handle(ike(LAN1, SRV2, 0xC4, port=40000, dport=4500), False, 1.0)) == []
+    assert natt_ops(d.handle(ike(LAN2, SRV2, 0xC5, port=40001, dport=4500), False, 1.0)) == []
+
+
+def test_engine_frees_the_port_after_the_flows_and_a_udp_timeout():
+    e = engine(natt_ports="distinct", flow_timeout="60", udp_timeout="120")
+    e.handle(ike(LAN1, SRV, 0xA1), False, 0.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 0.0)
+    assert natt_ops(e.expire(50.0)) == []
+    ops = e.expire(61.0)  # flows gone, but conntrack may still translate for a while
+    assert natt_ops(ops) == [] and e.natt.port(LAN2, SRV) == P2
+    ops = e.expire(121.0)
+    assert natt_ops(ops) == [("del", "natt_out", (LAN2, SRV)), ("del", "natt_in", (SRV, P2))]
+    assert e.natt.distinct_in_use() == 0 and len(e.natt) == 0
+
+
+def test_engine_ipsec_off_releases_every_port():
+    e = engine(natt_ports="distinct")
+    e.handle(ike(LAN1, SRV, 0xA1), False, 0.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 0.0)
+    ops, off = e.set_config(Config({"natt_ports": "distinct", "ipsec_passthrough": "0"}))
+    assert off == ["ipsec"] and ("del", "natt_in", (SRV, P2)) in ops and len(e.natt) == 0
+    # ipsec off: nothing is claimed
+    assert e.handle(ike(LAN3, SRV, 0xA3), False, 1.0) == [] and len(e.natt) == 0
+
+
+def test_engine_readopts_ports_and_keepers_after_a_restart():
+    first = engine(natt_ports="distinct")
+    ops = []
+    for lan, spi in ((LAN1, 0xA1), (LAN2, 0xA2)):
+        ops += first.handle(ike(lan, SRV, spi), False, 0.0)
+    lan_zone = [(o[2][0], o[3]) for o in ops if o[1] == "lan_zone"]
+    keyed = [(o[1], o[2][0], o[2][1], o[3], o[4]) for o in ops if o[1] == "ike_zone"]
+    out = [(o[2][0], o[2][1], o[3], o[4]) for o in ops if o[1] == "natt_out"]
+    inn = [(o[2][0], o[2][1], o[3], o[4]) for o in ops if o[1] == "natt_in"]
+    e = engine(natt_ports="distinct")
+    ops, n = e.adopt(lan_zone, keyed, [], 5.0, out, inn)
+    assert ops == [] and n == 2
+    ports = dict((r["lan_ip"], r["wan_port"]) for r in e.status(6.0))
+    assert ports == {LAN1: 4500, LAN2: P2}
+    # LAN1 still holds 4500 (an adopted flow at 4500 without a distinct port): a newcomer gets one.
+    assert e.handle(ike(LAN3, SRV, 0xA3), False, 6.0) and e.natt.port(LAN3, SRV) == P3
