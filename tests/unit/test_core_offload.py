@@ -156,3 +156,22 @@ def test_plan_learns_installs_retries_and_forgets():
     # Flows gone: translations and retry marks go with them.
     p.learn([O.flow_pair(a)], entries, 20.0)
     assert p.desired([]) == {} and p.trans == {} and p.tried == {}
+
+
+def test_translated_natt_port_keys_inbound_and_rewrites_outbound():
+    """natt_ports distinct: conntrack moved a host's 4500 to a port of its own; the entries take
+    it from the entry, not from the flow (which says 4500 on the LAN side)."""
+    ct = ("udp      17 170 src=192.168.1.11 dst=203.0.113.2 sport=4500 dport=4500 src=203.0.113.2 dst=203.0.113.1 "
+          "sport=4500 dport=14767 [ASSURED] mark=0 zone=4108 use=1\n")
+    f = flow("natt", "192.168.1.11", "203.0.113.2", 0x2002, 4500, 4500, zone=4108, key_out=0x1002)
+    f.wan_port = 14767
+    t = O.find_translation(O.flow_pair(f), O.parse_conntrack(ct))
+    assert t[:2] == ("203.0.113.1", 14767), t
+    (ok, ov), (ik, iv) = O.flow_entries(f, t[0], t[1], 3, 4)
+    assert ok == O.pack_key(3, "192.168.1.11", "203.0.113.2", b"\x00\x00\x10\x02", 4500, 4500, 17)
+    assert ov == O.pack_val("203.0.113.1", 14767, False, "ipsec", 4)  # source rewritten to the WAN port
+    assert ik == O.pack_key(4, "203.0.113.2", "203.0.113.1", b"\x00\x00\x20\x02", 4500, 14767, 17)
+    assert iv == O.pack_val("192.168.1.11", 4500, True, "ipsec", 3)  # and back to 4500 inbound
+    p = O.OffloadPlan(3, 4)
+    assert p.learn(p.pending([f], 1.0), O.parse_conntrack(ct), 1.0) == [O.flow_pair(f)]
+    assert ik in p.desired([f])
