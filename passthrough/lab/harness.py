@@ -56,14 +56,32 @@ class LabRun:
             except OSError:
                 pass
 
-    def start_responder(self, ip, l2tp_port):
-        ready = os.path.join(self.workdir, "responder-%s.ready" % ip)
+    def peer_log(self, ip):
+        return os.path.join(self.workdir, "responder-%s.peers" % ip)
+
+    def server_peers(self, ip, service):
+        """{(address, port)} the responder on ip saw on its UDP port `service` so far."""
+        out = set()
         try:
-            os.unlink(ready)
+            with open(self.peer_log(ip)) as f:
+                for line in f:
+                    e = json.loads(line)
+                    if e["service"] == service:
+                        out.add((e["peer"], e["port"]))
         except OSError:
             pass
+        return out
+
+    def start_responder(self, ip, l2tp_port):
+        ready = os.path.join(self.workdir, "responder-%s.ready" % ip)
+        for path in (ready, self.peer_log(ip)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         p = subprocess.Popen(["ip", "netns", "exec", self.lab.server, sys.executable, "-m", "passthrough.lab.responder",
-                              "--bind", ip, "--l2tp-reply-port", str(l2tp_port), "--ready-file", ready],
+                              "--bind", ip, "--l2tp-reply-port", str(l2tp_port), "--ready-file", ready,
+                              "--peer-log", self.peer_log(ip)],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.workdir, "responder.log"), "a"))
         self.responders.append(p)
         wait_for(lambda: os.path.exists(ready) or p.poll() is not None, 20, what="responder on %s" % ip)

@@ -7,9 +7,13 @@ It answers what the LAN-side test clients send, so the router in between sees re
 - L2TPv2 on UDP 1701: SCCRQ -> SCCRP (optionally from another source port, RFC 2661 §8.1),
   SCCCN/HELLO/ICRQ... -> ZLB ack, data -> echoed back on the client's tunnel/session ids;
 - PPTP control on TCP 1723: every message echoed back.
+With --peer-log FILE, the first datagram from each (service port, peer address, peer port) adds a
+JSON line {"service": port, "peer": ip, "port": n} to FILE: what the server saw of the router's
+NAT (which source ports LAN hosts appear with).
 Real peers (strongSwan, xl2tpd) are exercised separately; this one is small and fully predictable.
 """
 import argparse
+import json
 import os
 import select
 import socket
@@ -126,7 +130,23 @@ def esp_reply(msg):
     return struct.pack("!II", reply_spi(spi), seq) + msg[8:]
 
 
-def serve(bind_ip, l2tp_reply_port, ready_file=None):
+class PeerLog:
+    """Records each (service, peer address, peer port) once, flushed at once: a test reads it
+    while the responder runs."""
+
+    def __init__(self, path):
+        self.path = path
+        self.seen = set()
+
+    def saw(self, service, peer):
+        if self.path is None or (service, peer[0], peer[1]) in self.seen:
+            return
+        self.seen.add((service, peer[0], peer[1]))
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"service": service, "peer": peer[0], "port": peer[1]}, sort_keys=True) + "\n")
+
+
+def serve(bind_ip, l2tp_reply_port, ready_file=None, peer_log=None):
     socks = {}
     esp = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
     socks[esp.fileno()] = ("esp", esp)
@@ -146,6 +166,7 @@ def serve(bind_ip, l2tp_reply_port, ready_file=None):
         alt.bind((bind_ip, l2tp_reply_port))
         socks[alt.fileno()] = (1701, alt)  # clients follow the new port (RFC 2661 §8.1)
     lns = L2tpServer()
+    peers = PeerLog(peer_log)
     stats = {"esp": 0, "ike": 0, "natt_esp": 0, "keepalive": 0, "l2tp": 0}
     if ready_file:
         with open(ready_file, "w") as f:
@@ -177,6 +198,7 @@ def serve(bind_ip, l2tp_reply_port, ready_file=None):
                     s.sendto(out, (peer[0], 0))
                 continue
             msg, peer = s.recvfrom(65535)
+            peers.saw(kind, peer)
             out = None
             if kind == 500:
                 stats["ike"] += 1
@@ -206,9 +228,10 @@ def main(argv=None):
     ap.add_argument("--bind", default="0.0.0.0")
     ap.add_argument("--l2tp-reply-port", type=int, default=1701)
     ap.add_argument("--ready-file")
+    ap.add_argument("--peer-log", help="append each new UDP peer (service, address, port) as a JSON line")
     a = ap.parse_args(argv)
     try:
-        serve(a.bind, a.l2tp_reply_port, a.ready_file)
+        serve(a.bind, a.l2tp_reply_port, a.ready_file, a.peer_log)
     except KeyboardInterrupt:
         return 0
 

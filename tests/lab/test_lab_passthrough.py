@@ -11,10 +11,14 @@ import pytest
 
 
 from labutil import running_lab, with_options  # noqa: E402
+from nat.mapping import NATT_PORT_FIRST, NATT_PORT_COUNT
+from passthrough.lab.peers import wait_for
+from passthrough.lab.topology import ROUTER_WAN_IP
 
 pytestmark = pytest.mark.lab
 
-DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1")
+DEFAULTS = dict(enabled="1", l2tp_passthrough="1", ipsec_passthrough="1", pptp_passthrough="1", natt_ports="auto",
+                offload="auto")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,8 @@ def test_baseline_without_passthrough_second_host_starves(lab):
 
 
 def test_two_hosts_share_source_port_500_and_4500(fresh):
+    """natt_ports 'preserve': both hosts keep 500 and 4500, at the server too."""
+    assert fresh.set_options(natt_ports="preserve")["ok"]
     srv = fresh.lab.server_ip(0)
     ike = fresh.clients("ike", [["--server", srv, "--spi", hex(0x13000 + h), "--count", 5, "--wait", 0.5]
                                 for h in range(2)])
@@ -73,6 +79,91 @@ def test_two_hosts_share_source_port_500_and_4500(fresh):
         assert len(zones) == 2, "port %s not preserved for both hosts:\n%s" % (port, fresh.conntrack())
     kinds = set((f["kind"], f["lan_ip"]) for f in fresh.status()["flows"] if f["remote_ip"] == srv)
     assert {("ike", "192.168.1.10"), ("ike", "192.168.1.11"), ("natt", "192.168.1.10"), ("natt", "192.168.1.11")} <= kinds
+    assert fresh.server_peers(srv, 4500) == {(ROUTER_WAN_IP, 4500)}
+    assert fresh.server_peers(srv, 500) == {(ROUTER_WAN_IP, 500)}
+
+
+def natt_lines(lab, srv):
+    """Conntrack lines of LAN hosts' UDP 4500 -> srv:4500 connections."""
+    return [l for l in lab.conntrack().splitlines() if " dst=%s sport=4500 dport=4500 " % srv in l]
+
+
+def test_natt_ports_distinct_second_host_gets_its_own_port(fresh):
+    """natt_ports 'distinct': the first host keeps 4500 towards a server, the second appears
+    there with a port of its own for its UDP 4500 flow; IKE and ESP-in-UDP replies reach each
+    host (BPF offload on where it loads, then on the nft path alone); UDP 500 stays shared. A
+    daemon killed and restarted re-adopts the port; IPsec off cuts both flows."""
+    assert fresh.set_options(natt_ports="distinct")["ok"]
+    assert fresh.status()["summary"]["natt_ports"]["effective"] == "distinct"
+    srv = fresh.lab.server_ip(1)  # no other test talks NAT-T to this one
+    # IKE_SA_INIT on 500, then IKE after the non-ESP marker on 4500: host 1 first, so it is
+    # the one that keeps 4500.
+    for h in range(2):
+        r = fresh.client(h, "ike", "--server", srv, "--spi", hex(0x19000 + h), "--count", 3, "--wait", 0.3)
+        assert r["replies"] == 3, r
+        r = fresh.client(h, "ike", "--server", srv, "--dport", 4500, "--spi", hex(0x19000 + h), "--count", 5,
+                         "--wait", 0.3)
+        assert r["replies"] == 5, (h, r)
+    esp = fresh.clients("natt-esp", [["--server", srv, "--spi", hex(0x19200 + h), "--count", 20, "--wait", 0.5,
+                                      "--keepalive"] for h in range(2)])
+    assert [r["replies"] for r in esp] == [20, 20], esp
+    seen = wait_for(lambda: fresh.server_peers(srv, 4500) if len(fresh.server_peers(srv, 4500)) >= 2 else None,
+                    5, what="two NAT-T peers at the server")
+    ports = sorted(p for a, p in seen)
+    assert all(a == ROUTER_WAN_IP for a, p in seen) and len(ports) == 2 and ports[0] == 4500, seen
+    distinct = ports[1]
+    assert NATT_PORT_FIRST <= distinct < NATT_PORT_FIRST + NATT_PORT_COUNT, seen
+    assert fresh.server_peers(srv, 500) == {(ROUTER_WAN_IP, 500)}  # IKE on 500 is never translated
+    # The router: the second host's 4500 flow translated to that port in its own zone.
+    lines = natt_lines(fresh, srv)
+    assert any(l.startswith("udp") and "src=192.168.1.11 " in l and "dport=%d " % distinct in l for l in lines), lines
+    assert any("src=192.168.1.10 " in l and l.split("src=%s dst=%s sport=4500 dport=" % (srv, ROUTER_WAN_IP))[1]
+               .startswith("4500 ") for l in lines), lines
+    flows = [f for f in fresh.status()["flows"] if f["remote_ip"] == srv and f["kind"] in ("ike", "natt")
+             and f["remote_port"] == 4500]
+    got = sorted((f["kind"], f["lan_ip"], f["lan_port"], f["wan_port"], f["state"] if f["kind"] == "natt" else "")
+                 for f in flows)
+    assert got == [("ike", "192.168.1.10", 4500, 4500, ""), ("ike", "192.168.1.11", 4500, distinct, ""),
+                   ("natt", "192.168.1.10", 4500, 4500, "up"), ("natt", "192.168.1.11", 4500, distinct, "up")], got
+    # A stopped daemon takes its table (and the ports' elements) with it; the conntrack entries
+    # stay. A new one learns their ports from conntrack, even with the second host first now.
+    fresh.stop_daemon()
+    fresh.start_daemon()
+    r = fresh.client(1, "natt-esp", "--server", srv, "--spi", hex(0x19300), "--count", 10, "--wait", 0.5)
+    assert r["replies"] == 10, r
+    esp = fresh.clients("natt-esp", [["--server", srv, "--spi", hex(0x19200 + h), "--count", 10, "--wait", 0.5]
+                                     for h in range(2)])
+    assert [r["replies"] for r in esp] == [10, 10], esp
+    wan = dict((f["lan_ip"], f["wan_port"]) for f in fresh.status()["flows"] if f["remote_ip"] == srv)
+    assert wan == {"192.168.1.10": 4500, "192.168.1.11": distinct}, wan
+    assert fresh.server_peers(srv, 4500) == seen
+    # kill -9 and a new daemon: the port is re-adopted from the kernel's map elements and the
+    # tunnels keep working with the same ports at the server.
+    fresh.kill_daemon()
+    fresh.start_daemon()
+    summary = fresh.status()["summary"]["natt_ports"]
+    assert summary["distinct_in_use"] == 1 and summary["effective"] == "distinct", summary
+    esp = fresh.clients("natt-esp", [["--server", srv, "--spi", hex(0x19200 + h), "--count", 10, "--wait", 0.5]
+                                     for h in range(2)])
+    assert [r["replies"] for r in esp] == [10, 10], esp
+    wan = dict((f["lan_ip"], f["wan_port"]) for f in fresh.status()["flows"] if f["remote_ip"] == srv and f["kind"] == "natt")
+    assert wan == {"192.168.1.10": 4500, "192.168.1.11": distinct}, wan
+    assert fresh.server_peers(srv, 4500) == seen
+    # Every packet through classify/steer and conntrack (no BPF program carrying data).
+    assert fresh.set_options(offload="off")["ok"]
+    esp = fresh.clients("natt-esp", [["--server", srv, "--spi", hex(0x19200 + h), "--count", 10, "--wait", 0.5]
+                                     for h in range(2)])
+    assert [r["replies"] for r in esp] == [10, 10], esp
+    assert fresh.server_peers(srv, 4500) == seen
+    # IPsec off: the policy drops and the conntrack cut match the server's port 4500, so the
+    # distinct-port flow goes like the other; its port is given up.
+    reply = fresh.set_options(ipsec_passthrough="0")
+    assert reply["ok"] and reply["switched_off"] == ["ipsec"], reply
+    assert not natt_lines(fresh, srv), fresh.conntrack()
+    assert fresh.status()["summary"]["natt_ports"]["distinct_in_use"] == 0
+    esp = fresh.clients("natt-esp", [["--server", srv, "--spi", hex(0x19200 + h), "--count", 5, "--wait", 0.5]
+                                     for h in range(2)])
+    assert [r["replies"] for r in esp] == [0, 0], esp
 
 
 def test_two_hosts_share_l2tp_port_1701(fresh):
