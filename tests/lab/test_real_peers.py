@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from nat.mapping import NATT_PORT_FIRST, NATT_PORT_COUNT
 from passthrough.lab import peers as P
 from realpeers_util import RealLab, parse_pcap
 
@@ -116,8 +117,8 @@ def _ping_all(clients, count):
 
 
 @pytest.mark.parametrize("version", [2, 1], ids=["ikev2", "ikev1"])
-def test_two_road_warriors_one_gateway_keep_ports(rlab, version):
-    rl = rlab
+def test_two_road_warriors_one_gateway_keep_ports(rlab_factory, version):
+    rl = rlab_factory(natt_ports="preserve")
     lab = rl.lab
     lans = [lab.lan_ip(i) for i in range(2)]
     cap = rl.capture(lab.router, "wan", "ipsec-wan.pcap", "udp")
@@ -191,6 +192,41 @@ def test_two_road_warriors_one_gateway_keep_ports(rlab, version):
         assert len(esp_out) >= 6 and len(esp_in) >= 6, (len(esp_out), len(esp_in))
         assert set((p["esp_udp"], p["sport"]) for p in esp_out) == {(True, 4500)}
         assert set((p["esp_udp"], p["dport"]) for p in esp_in) == {(True, 4500)}
+
+
+@pytest.mark.parametrize("version", [2, 1], ids=["ikev2", "ikev1"])
+def test_two_road_warriors_one_gateway_distinct_natt_port(rlab_factory, version):
+    """natt_ports 'distinct' (what 'auto' runs): the gateway sees one road warrior's IKE_SA from
+    the router's 4500 and the other's from a port of the range, both tunnels carry pings; UDP
+    500 stays shared, each host in its own zone."""
+    rl = rlab_factory(natt_ports="distinct")
+    lab = rl.lab
+    lans = [lab.lan_ip(i) for i in range(2)]
+    gw, clients, children = _road_warriors(rl, version)
+    _ping_all(clients, 3)
+    sas = gw.list_sas()
+    assert len(sas) == 2 and all(sa["state"] == "ESTABLISHED" for sa in sas), sas
+    assert all(sa["remote-host"] == rl.router_wan_ip for sa in sas), sas
+    ports = sorted(int(sa["remote-port"]) for sa in sas)
+    assert ports[0] == 4500 and NATT_PORT_FIRST <= ports[1] < NATT_PORT_FIRST + NATT_PORT_COUNT, ports
+    for sa in sas:
+        kids = list(sa["child-sas"].values())
+        assert len(kids) == 1 and int(kids[0]["packets-in"]) >= 6 and int(kids[0]["packets-out"]) >= 6, kids
+    # the router: 500 kept by both (own zones), 4500 of the host with the distinct port moved to it
+    wan_4500 = {}
+    for ip in lans:
+        ents = rl.vpn_entries(500, ip)
+        assert len(ents) == 1 and ents[0]["view"]["wan_port"] == 500, (ip, rl.run.conntrack())
+        ents = rl.vpn_entries(4500, ip)
+        assert len(ents) == 1, (ip, rl.run.conntrack())
+        wan_4500[ip] = ents[0]["view"]["wan_port"]
+    assert sorted(wan_4500.values()) == ports, (wan_4500, ports)
+    # the daemon: right SPIs per host, each flow with the external port the gateway sees
+    flows = rl.flows()
+    for ip, child in zip(lans, children):
+        natt = [f for f in flows if f["kind"] == "natt" and f["lan_ip"] == ip]
+        assert [(f["key"], f["key_out"], f["state"], f["lan_port"], f["wan_port"]) for f in natt] == \
+            [(child["spi-in"], child["spi-out"], "up", 4500, wan_4500[ip])], (ip, natt)
 
 
 def test_baseline_plain_masquerade_remaps_second_road_warrior(rlab_factory):
