@@ -180,7 +180,9 @@ def daemon_flows():
 
 SUMMARY = {"backend": "nft", "queue_num": 7100, "enabled": True, "l2tp_passthrough": False, "ipsec_passthrough": True,
            "pptp_passthrough": True, "flows": 3, "pending": 1, "hosts": {"192.168.1.10": 4097, "192.168.1.11": 4098},
-           "errors": 0, "op_failures": 0, "uptime": 61.4, "offload": {"active": False, "note": "not requested"}}
+           "errors": 0, "op_failures": 0, "uptime": 61.4, "offload": {"active": False, "note": "not requested"},
+           "natt_ports": {"configured": "auto", "effective": "distinct", "distinct_in_use": 1, "pairs": 2,
+                          "range": "14500-15523", "exhausted": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +221,9 @@ def test_view_builds_the_form(harness):
     o = opts["offload"]  # the BPF fast path: every mode the daemon knows, on the advanced tab
     assert o["widget"] == "ListValue" and o["tab"] == "advanced" and o["default"] == "auto", o
     assert sorted(o["values"]) == sorted(C.CHOICE_OPTIONS["offload"]), o
+    o = opts["natt_ports"]  # the NAT-T port policy: a select with every mode, auto by default
+    assert o["widget"] == "ListValue" and o["tab"] == "general" and o["default"] == "auto", o
+    assert sorted(o["values"]) == sorted(C.CHOICE_OPTIONS["natt_ports"]), o
     assert set(harness["tabs"]) == {o["tab"] for o in harness["options"]} == {"general", "advanced"}
 
 
@@ -273,6 +278,7 @@ def test_summary_box(harness):
     assert "enabled" in first and "on / off / on" in first  # ipsec / l2tp / pptp
     assert "3 (1 pending)" in first and "nft, queue 7100" in first and "off (not requested)" in first
     assert "61s" in first
+    assert "NAT-T portsdistinct (setting: auto), 1 distinct in use" in first  # the mode in force
     assert "passthrough daemon not running" in harness["summaries"][2]
     assert "0 (1 pending)" in harness["summaries"][3] and "LAN hosts with a VPN0" in harness["summaries"][3]
     assert "Permission denied" in harness["summaries"][4]

@@ -88,6 +88,7 @@ return view.extend({
 		var onoff = function(v) { return v ? _('on') : _('off') };
 		var hosts = (s.hosts && typeof(s.hosts) == 'object') ? Object.keys(s.hosts).length : 0;
 		var off = s.offload || {};
+		var natt = s.natt_ports || {};
 
 		return [
 			[ _('Passthrough'), s.enabled ? _('enabled') : _('disabled') ],
@@ -96,6 +97,7 @@ return view.extend({
 			[ _('LAN hosts with a VPN'), String(hosts) ],
 			[ _('Queue'), '%s, queue %s'.format(dash(s.backend), dash(s.queue_num)) ],
 			[ _('Data offload'), off.active ? _('active') : (off.note ? _('off (%s)').format(off.note) : _('off')) ],
+			[ _('NAT-T ports'), natt.effective ? _('%s (setting: %s), %d distinct in use').format(natt.effective, dash(natt.configured), +natt.distinct_in_use || 0) : '-' ],
 			[ _('Errors'), String((+s.errors || 0) + (+s.op_failures || 0)) ],
 			[ _('Uptime'), '%ds'.format(Math.round(+s.uptime || 0)) ]
 		];
@@ -140,7 +142,7 @@ return view.extend({
 		m = new form.Map('passthrough', _('VPN Passthrough'),
 			_('Lets VPN clients on the LAN (IPsec with IKEv1/IKEv2, raw ESP or NAT-T, L2TP, PPTP) reach ' +
 			  'servers on the Internet through this router. Several LAN hosts may use the same server at ' +
-			  'the same time; each keeps its ports 500/4500/1701. A family switched off is dropped by the ' +
+			  'the same time; each keeps its ports 500 and 1701, and 4500 as NAT-T source ports says. A family switched off is dropped by the ' +
 			  'firewall and its open connections are cut.'));
 
 		s = m.section(form.NamedSection, 'global', 'passthrough');
@@ -183,6 +185,13 @@ return view.extend({
 		o.datatype = 'netdevname';
 		o.default = 'wan';
 		o.rmempty = false;
+
+		o = s.taboption('general', form.ListValue, 'natt_ports', _('NAT-T source ports'),
+			_('When several LAN hosts use NAT-T (UDP 4500) to the same server: Preserve keeps 4500 for all of them (the router tells them apart by SPI); Distinct keeps 4500 for the first and gives each later host a port of its own (14500-15523), for servers that key clients by address and port (libreswan, MikroTik, Windows RRAS). UDP 500 and L2TP keep their ports either way. Applies to new NAT-T connections.'));
+		o.value('auto', _('Automatic (the recommended mode, shown in the status below)'));
+		o.value('preserve', _('Preserve 4500 for every host'));
+		o.value('distinct', _('Distinct port for each later host'));
+		o.default = 'auto';
 
 		o = s.taboption('general', form.ListValue, 'log_level', _('Log level'));
 		o.value('debug', _('Debug'));
