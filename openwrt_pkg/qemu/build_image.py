@@ -69,6 +69,9 @@ PACKAGES = [
     "libbpf1",
     # real L2TP/IPsec peers inside the guest (kernel IPsec, pppd with /dev/ppp): tests/qemu
     "strongswan-charon", "strongswan-swanctl", "libstrongswan", "strongswan-libcharon", "xl2tpd", "ppp",
+    # the interop matrix's other IPsec implementation (pluto, certutil for its NSS database) and
+    # PPTP's client and server (tests/interop)
+    "libreswan", "libnss3-tools", "pptpd", "pptp-linux",
 ]
 # Pulled in by apt's closure but useless in a RAM-disk router (maintainer scripts, docs, perl), or
 # replaced by OpenWrt's own tools (kmod: ubox's kmodloader; dash: busybox ash).
@@ -76,12 +79,14 @@ DENY = {
     "debconf", "cdebconf", "dpkg", "install-info", "tar", "perl", "perl-base", "perl-modules-5.36",
     "libperl5.36", "mailcap", "mime-support", "media-types", "libdebian-installer4", "libnewt0.52",
     "libslang2", "libtextwrap1", "libgdbm6", "libgdbm-compat4", "libdb5.3", "readline-common",
-    "debianutils", "libcap2-bin", "libsqlite3-0", "adduser", "passwd", "usrmerge", "usr-is-merged",
+    "debianutils", "libcap2-bin", "adduser", "passwd", "usrmerge", "usr-is-merged",
     "sysvinit-utils", "init-system-helpers", "lsb-base", "libsemanage2", "libsemanage-common",
     "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl", "libpam-modules",
     "libpam-modules-bin", "libpam-runtime", "procps", "libproc2-0", "libelogind0", "kmod", "dash",
     "strongswan-starter", "systemd", "systemd-sysv", "libsystemd-shared", "udev", "base-files",
     "base-passwd", "login", "util-linux", "mount", "bsdutils", "sensible-utils", "coreutils",
+    # libreswan's ipsec script wants a `host` command (DNS names in ipsec.conf); the lab uses addresses
+    "bind9-host", "bind9-libs", "dns-root-data",
 }
 # Single files taken from otherwise unwanted packages (no dependency closure): OpenWrt's busybox
 # has a flock applet (procd.sh locks each init script with it), Debian's busybox does not.
@@ -208,24 +213,42 @@ def tree_files(top, exts=None):
 
 # --- apt: resolve + download (cached) -------------------------------------------------------------
 def apt_depends(args):
-    p = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-                        "--no-breaks", "--no-replaces", "--no-enhances"] + args, capture_output=True, text=True)
-    return p
+    return subprocess.run(["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
+                           "--no-replaces", "--no-enhances"] + args, capture_output=True, text=True)
+
+
+def depends_of(output):
+    """Package names an `apt-cache depends` output names: every Depends/PreDepends alternative
+    ("|Depends:" lines) and every provider of a virtual package (the indented lines below "<v>")."""
+    names = set()
+    for line in output.splitlines():
+        if not line.startswith("  "):
+            continue
+        name = line.strip()
+        if not line.startswith("    "):
+            name = name.split(":", 1)[1].strip()
+        if name and not name.startswith("<"):
+            names.add(name[:-4] if name.endswith(":any") else name)
+    return names
 
 
 def resolve(packages):
-    p = apt_depends(packages)
-    if p.returncode != 0 or not p.stdout.strip():
-        log("apt-cache knows none of the packages; running apt-get update once")
-        run(["apt-get", "update"], timeout=600)
-        p = apt_depends(packages)
-        if p.returncode != 0:
-            raise SystemExit("build_image: apt-cache depends failed: %s" % p.stderr.strip())
-    names = set()
-    for line in p.stdout.splitlines():
-        if line and not line.startswith((" ", "<")):
-            names.add(line.strip())
-    return sorted(n for n in names if n not in DENY)
+    """The dependency closure of PACKAGES without DENY and without what only a denied package needs
+    (a breadth-first walk that does not enter denied packages: apt-cache --recurse would, e.g.
+    libreswan's <host> -> bind9-host -> bind9-libs -> libxml2 -> libicu72, 36 MB)."""
+    seen, frontier = set(), sorted(set(packages) - DENY)
+    while frontier:
+        p = apt_depends(frontier)
+        if p.returncode != 0 or not p.stdout.strip():
+            if not seen:
+                log("apt-cache knows none of the packages; running apt-get update once")
+                run(["apt-get", "update"], timeout=600)
+                p = apt_depends(frontier)
+            if p.returncode != 0:
+                raise SystemExit("build_image: apt-cache depends failed: %s" % p.stderr.strip())
+        seen.update(frontier)
+        frontier = sorted(depends_of(p.stdout) - DENY - seen)
+    return sorted(seen)
 
 
 def kernel_package():
@@ -590,6 +613,7 @@ class Builder:
         put("usr/sbin/pt-agent", "pt-agent.py", 0o755)
         put("etc/init.d/pt-agent", "pt-agent.init", 0o755)
         put("usr/sbin/pt-vpnlab", "pt-vpnlab", 0o755)
+        put("usr/sbin/pt-interop", "pt-interop", 0o755)
         put("etc/uci-defaults/90-pt-lab", "pt-lab.uci-defaults", 0o644)
         # enable as OpenWrt's image build does: `/etc/init.d/<svc> enable` with IPKG_INSTROOT set
         for init in sorted(glob.glob(os.path.join(root, "etc", "init.d", "*"))):
@@ -647,7 +671,8 @@ class Builder:
         pkgdb.declare_base_opkg(root, base)
         pkgdb.declare_base_apk(root, base)
 
-    ESSENTIAL = ("usr/lib/ipsec/charon", "usr/sbin/swanctl", "usr/sbin/xl2tpd", "usr/sbin/pppd", "bin/busybox", "usr/bin/python3.11", "sbin/procd", "sbin/init", "sbin/ubusd", "sbin/rpcd", "sbin/netifd", "sbin/uci", "usr/sbin/uhttpd", "usr/bin/ucode", "bin/opkg", "usr/bin/apk", "sbin/logd", "sbin/kmodloader", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
+    ESSENTIAL = ("usr/lib/ipsec/charon", "usr/sbin/swanctl", "usr/sbin/xl2tpd", "usr/sbin/pppd", "usr/libexec/ipsec/pluto",
+                 "usr/sbin/ipsec", "usr/bin/certutil", "usr/sbin/pptpd", "usr/sbin/pptpctrl", "usr/sbin/pptp", "bin/busybox", "usr/bin/python3.11", "sbin/procd", "sbin/init", "sbin/ubusd", "sbin/rpcd", "sbin/netifd", "sbin/uci", "usr/sbin/uhttpd", "usr/bin/ucode", "bin/opkg", "usr/bin/apk", "sbin/logd", "sbin/kmodloader", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
                  "lib/x86_64-linux-gnu/libnftables.so.1", "usr/lib/x86_64-linux-gnu/libnftables.so.1")
 
     def precompile(self, root):

@@ -1,0 +1,1 @@
+"""The interop matrix (python -m tests.interop): real VPN peers through the QEMU router."""
