@@ -46,10 +46,13 @@ def set_router_mode(lab, mode):
     """uci as an admin would, then wait until the daemon runs it (procd's config trigger)."""
     if mode == "masquerade":
         lab.uci_set(enabled="0")
-        lab.wait_for(lambda: "passthrough" not in lab.sh("nft list tables"), 30, interval=0.3,
+        lab.sh("reload_config")
+        # the fast path goes; the policy table (fail-closed switches, all on here) may stay
+        lab.wait_for(lambda: "table ip passthrough" not in lab.sh("nft list tables"), 30, interval=0.3,
                      what="passthrough's rules gone (enabled 0)")
         return
     lab.uci_set(enabled="1", natt_ports=mode)
+    lab.sh("reload_config")
     want = mode if mode != "auto" else None
 
     def running():
