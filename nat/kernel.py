@@ -135,12 +135,14 @@ class Kernel:
                  "\tmap m { typeof ip saddr . @th,64,64 : ct zone; counter; }\n"
                  "\tchain c { type filter hook prerouting priority -250; ct zone set ip saddr . @th,64,64 map @m; }\n"
                  "\tchain d { type nat hook prerouting priority -110; ct zone != 0 dnat ip to ct zone map { 1 : 127.0.0.1 }; }\n"
+                 "\tmap p { typeof ip saddr . ip daddr : udp sport; }\n"  # natt_ports' distinct ports
+                 "\tchain s { type nat hook postrouting priority 99; udp sport 4500 masquerade to :ip saddr . ip daddr map @p; }\n"
                  "}\ndelete table ip passthrough_probe\n")
         ok, _, err = self.nft.run(probe)
         self.nft.run("delete table ip passthrough_probe")
         if not ok:
             raise KernelError("kernel lacks a feature passthrough needs (conntrack zones, ct timeout, nft maps "
-                              "with raw payload keys, NAT): %s" % err.strip())
+                              "with raw payload keys, NAT, masquerade to a mapped port): %s" % err.strip())
 
     # --- install / remove ----------------------------------------------------------------------
     def install(self, backend):

@@ -244,6 +244,22 @@ class NattPorts:
             d = self.owners[remote] = {}
         d[port] = lan
 
+    def keepers_of(self, remote):
+        """The hosts recorded at 4500 towards remote."""
+        return list(self.keepers.get(remote, {}))
+
+    def off_plan(self, lan, remote, distinct):
+        """True when lan's recorded port to remote is not what the mode would give it now: a
+        distinct port under 'preserve', or 4500 under 'distinct' while another host keeps 4500
+        too. Such a record outlived the mode (or the connection) it was made for; the caller
+        asks conntrack whether its connection still stands before planning it again."""
+        p = self.port_of.get((lan, remote))
+        if p is None:
+            return False
+        if p != NATT_PORT:
+            return not distinct
+        return distinct and any(h != lan for h in self.keepers.get(remote, {}))
+
     def claim(self, lan, zone, remote, now, distinct, found=None):
         """External port for lan's UDP 4500 flow to remote, and the ops that program it ([] if
         it keeps 4500 or already had its port). Called for the host's outbound 4500 packets the

@@ -9,10 +9,10 @@ whose demux key the kernel does not know yet, and all inbound L2TP control packe
 
 Pairing inbound ESP SPIs: ESP SPIs are chosen by each receiver and carried encrypted in IKE, so a
 router cannot read them. Like commercial routers we pair an unknown inbound SPI from server S with
-the LAN host whose outbound SA to S is the oldest one still waiting for its inbound twin
-(within pair_window seconds). Ambiguity (two hosts waiting in the same instant, replies
-reordered) can mis-pair; it is logged and the kernel entry is corrected when the next unknown
-SPI arrives from that server.
+the LAN host whose outbound SA to S began waiting for its inbound twin first (within pair_window
+seconds; _pair_candidate). For NAT-T a distinct external port (natt_ports) names the host, so
+only hosts sharing one port can be confused: two of them waiting in the same round trip, replies
+reordered, can mis-pair (logged; the README's interop matrix measures it).
 """
 from nat.mapping import (ZoneAllocator, HostTableFull, NattPorts, key_op, esp_out_op, parse_flow_comment,
                          KEY_MAP, ESP_OUT, NATT_PORT)
@@ -92,9 +92,21 @@ class Engine:
         if d.get("sport") != NATT_PORT or d.get("dport") != NATT_PORT:
             return d.get("sport")
         found = None
-        if self.natt_probe is not None and self.natt.port(lan, remote) is None:
+        distinct = self.cfg.natt_ports_mode() == "distinct"
+        had = self.natt.port(lan, remote)
+        if self.natt_probe is not None and (had is None or self.natt.off_plan(lan, remote, distinct)):
             found = self.natt_probe(lan, zone, remote)
-        port, nops = self.natt.claim(lan, zone, remote, now, self.cfg.natt_ports_mode() == "distinct", found)
+            if had is not None and found != had:
+                # planned under another mode (or for a connection that is gone): plan again
+                self.log("info", "NAT-T %s -> %s: port %d no longer in use; planned again (%s)" % (
+                    lan, remote, had, self.cfg.natt_ports_mode()))
+                ops.extend(self.natt.release(lan, remote))
+                if distinct:  # the others at 4500 may be just as stale: only a live connection keeps it
+                    for other in self.natt.keepers_of(remote):
+                        z = self.zones.zone_of(other)
+                        if other != lan and (z is None or self.natt_probe(other, z, remote) is None):
+                            ops.extend(self.natt.release(other, remote))
+        port, nops = self.natt.claim(lan, zone, remote, now, distinct, found)
         ops.extend(nops)
         self.stats_natt()
         return port
@@ -396,28 +408,16 @@ class Engine:
         if f is not None:
             f.touch(now)
             return
-        best = None
-        # NAT-T: the SA waiting on the port this packet came to, if any does. A distinct port
-        # names its host outright; at 4500 the ones translated elsewhere are out of the running.
-        # (Without such an SA, any waiting one: the kernel may not have translated as planned,
-        # e.g. a connection opened before natt_ports changed.)
-        port = d.get("dport") if kind == "natt" else None
-        best_port = None
-        for pk in self.pending:
-            p = self.pending[pk]
-            if p.kind != kind or p.remote_ip != remote or now - p.created > self.cfg.pair_window:
-                continue
-            if best is None or p.created < best.created:
-                best = p
-            if port is not None and p.wan_port == port and (best_port is None or p.created < best_port.created):
-                best_port = p
-        if best_port is not None:
-            best = best_port
+        best = self._pair_candidate(kind, remote, d.get("dport") if kind == "natt" else None, now)
         if best is None:
             self.stats["unmatched"] += 1
             self.log("info", "inbound %s SPI %08x from %s: no LAN host waiting for it" % (kind.upper(), spi, remote))
             return
         del self.pending[(kind, best.lan_ip, remote, best.key_out)]
+        for pk in list(self.pending):  # the host's older unanswered SAs to remote were replaced
+            p = self.pending[pk]
+            if pk[0] == kind and pk[1] == best.lan_ip and pk[2] == remote and p.created < best.created:
+                self._esp_out_del(self.pending.pop(pk), ops)
         best.key = spi
         best.state = "up"
         if self._add_flow(best, now, ops) is None:
@@ -428,6 +428,34 @@ class Engine:
         self.host_seen[best.lan_ip] = now
         self.log("info", "%s SA in %08x from %s -> %s (paired with out %08x, zone %d)" % (
             kind.upper(), spi, remote, best.lan_ip, best.key_out, best.zone))
+
+    def _pair_candidate(self, kind, remote, port, now):
+        """The waiting outbound SA an unknown inbound SPI from `remote` (to our `port`, NAT-T)
+        belongs to, or None.
+
+        NAT-T: the external port decides first. A SA waits on the port its host's connection
+        was translated to (wan_port), and only SAs waiting on the packet's port compete: a
+        distinct port names its host outright, and at 4500 the hosts moved to a distinct port
+        are out of the running. (A guess across ports would be wrong more often than right,
+        and a wrong pair outranks the port in the kernel's classify chain.)
+        Then, per host, only its newest waiting SA counts: an older one that never got an
+        answer was replaced (a new IKE SA, a client restarted). Of those, the host that began
+        waiting first: replies come back in the order their requests left."""
+        newest = {}
+        for pk in self.pending:
+            p = self.pending[pk]
+            if p.kind != kind or p.remote_ip != remote or now - p.created > self.cfg.pair_window:
+                continue
+            if port is not None and p.wan_port is not None and p.wan_port != port:
+                continue
+            have = newest.get(p.lan_ip)
+            if have is None or p.created > have.created:
+                newest[p.lan_ip] = p
+        best = None
+        for p in newest.values():
+            if best is None or p.created < best.created:
+                best = p
+        return best
 
     def _l2tp_in(self, d, remote, now, ops):
         tid = d.get("l2tp_tunnel")

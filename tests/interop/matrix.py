@@ -81,6 +81,9 @@ def run_cell(lab, cell):
                clients=out.get("clients", {}), server_peers=out.get("server_peers", []))
     if not row["ok"]:
         row["logs"] = out.get("logs", {})
+        if cell["router_mode"] != "masquerade":  # what the daemon learned and decided meanwhile
+            row["logs"]["router"] = lab.guest.run("logread -e passthrough | tail -n 60; passthrough status"
+                                                  ).stdout.splitlines()[-90:]
     return row
 
 

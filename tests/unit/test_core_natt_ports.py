@@ -303,3 +303,88 @@ def test_engine_readopts_ports_and_keepers_after_a_restart():
     assert ports == {LAN1: 4500, LAN2: P2}
     # LAN1 still holds 4500 (an adopted flow at 4500 without a distinct port): a newcomer gets one.
     assert e.handle(ike(LAN3, SRV, 0xA3), False, 6.0) and e.natt.port(LAN3, SRV) == P3
+
+
+def test_engine_never_pairs_across_ports():
+    """A distinct port names its host; 4500 is not for the hosts moved off it. A guess across
+    ports would outrank the port in the kernel's classify chain and cut the right host off."""
+    e = engine(natt_ports="distinct")
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    e.handle(natt(LAN2, SRV, 0x1002), False, 1.1)  # only the host at P2 waits
+    ops = e.handle(natt(SRV, WAN, 0x2001, dport=4500), True, 1.2)  # the server to LAN1 first
+    assert [o for o in ops if o[1] == "esp_zone"] == [] and e.stats["unmatched"] == 1
+    e.handle(natt(LAN1, SRV, 0x1001), False, 1.3)
+    ops = e.handle(natt(SRV, WAN, 0x2001, dport=4500), True, 1.4)
+    assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2001), Z1)]
+    e2 = engine(natt_ports="distinct")
+    e2.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e2.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    e2.handle(natt(LAN1, SRV, 0x1001), False, 1.1)  # only the host at 4500 waits
+    ops = e2.handle(natt(SRV, WAN, 0x2002, dport=P2), True, 1.2)
+    assert [o for o in ops if o[1] == "esp_zone"] == [] and len(e2.pending) == 1
+
+
+def test_engine_a_hosts_older_unanswered_sa_does_not_jump_the_queue():
+    """LAN1 left an SA waiting (its client restarted); both hosts then bring up new ones, LAN1
+    first: the first reply is LAN1's, the second LAN2's (not LAN1's stale SA winning twice)."""
+    e = engine(natt_ports="preserve", pair_window="30")
+    e.handle(natt(LAN1, SRV, 0x1000), False, 1.0)  # never answered
+    e.handle(natt(LAN1, SRV, 0x1001), False, 20.0)
+    e.handle(natt(LAN2, SRV, 0x1002), False, 20.1)
+    ops = e.handle(natt(SRV, WAN, 0x2001), True, 20.2)
+    assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2001), Z1)]
+    ops = e.handle(natt(SRV, WAN, 0x2002), True, 20.3)
+    assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2002), Z2)]
+
+
+def test_engine_a_mode_change_plans_pairs_without_a_connection_again():
+    """preserve -> distinct: hosts recorded at 4500 whose connections are gone (conntrack has
+    no entry) are planned again, so one keeps 4500 and the other gets a port; a live
+    connection keeps its translation. distinct -> preserve: a distinct port without a
+    connection is given up (its elements deleted) and the host keeps 4500."""
+    kernel = {}
+
+    def probe(lan, zone, remote):
+        return kernel.get((lan, remote))
+
+    e = Engine(Config({"natt_ports": "preserve"}), natt_probe=probe)
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    assert e.natt.port(LAN1, SRV) == e.natt.port(LAN2, SRV) == 4500
+    e.set_config(Config({"natt_ports": "distinct"}))
+    kernel[(LAN1, SRV)] = 4500  # LAN1's connection still stands; LAN2's was flushed
+    assert natt_ops(e.handle(ike(LAN1, SRV, 0xA1), False, 2.0)) == []
+    ops = e.handle(ike(LAN2, SRV, 0xA2), False, 2.1)
+    assert [(o[0], o[1], o[3]) for o in natt_ops(ops)] == [("add", "natt_out", P2), ("add", "natt_in", Z2)]
+    kernel.clear()
+    e.set_config(Config({"natt_ports": "preserve"}))
+    ops = e.handle(ike(LAN2, SRV, 0xA2), False, 3.0)
+    assert natt_ops(ops) == [("del", "natt_out", (LAN2, SRV)), ("del", "natt_in", (SRV, P2))]
+    assert e.natt.port(LAN2, SRV) == 4500 and e.natt.distinct_in_use() == 0
+    # no probe, no re-plan: the recorded port stands (the kernel cannot be asked)
+    e3 = engine(natt_ports="preserve")
+    e3.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e3.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    e3.set_config(Config({"natt_ports": "distinct"}))
+    assert natt_ops(e3.handle(ike(LAN2, SRV, 0xA2), False, 2.0)) == []
+
+
+def test_engine_a_stale_keeper_does_not_push_a_lone_host_off_4500():
+    """Two hosts were at 4500 (an earlier session); both connections are gone. Under
+    'distinct' the first host back keeps 4500: the other's record does not count without a
+    live connection (its conntrack entry), and the other gets a port when it comes back."""
+    kernel = {}
+
+    def probe(lan, zone, remote):
+        return kernel.get((lan, remote))
+
+    e = Engine(Config({"natt_ports": "preserve"}), natt_probe=probe)
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    e.set_config(Config({"natt_ports": "distinct"}))
+    assert natt_ops(e.handle(ike(LAN1, SRV, 0xB1), False, 2.0)) == []
+    assert e.natt.port(LAN1, SRV) == 4500 and e.natt.port(LAN2, SRV) is None
+    kernel[(LAN1, SRV)] = 4500  # LAN1's new connection stands
+    ops = e.handle(ike(LAN2, SRV, 0xB2), False, 2.1)
+    assert [(o[0], o[1], o[3]) for o in natt_ops(ops)] == [("add", "natt_out", P2), ("add", "natt_in", Z2)]
