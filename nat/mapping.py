@@ -249,15 +249,16 @@ class NattPorts:
         return list(self.keepers.get(remote, {}))
 
     def off_plan(self, lan, remote, distinct):
-        """True when lan's recorded port to remote is not what the mode would give it now: a
-        distinct port under 'preserve', or 4500 under 'distinct' while another host keeps 4500
-        too. Such a record outlived the mode (or the connection) it was made for; the caller
-        asks conntrack whether its connection still stands before planning it again."""
+        """True when lan's recorded port to remote may not be what the mode would give it now:
+        any distinct port (wrong under 'preserve'; under 'distinct' the host may be alone again),
+        or 4500 under 'distinct' while another host keeps 4500 too. Such a record may have
+        outlived the mode or the connection it was made for; the caller asks conntrack whether
+        that connection still stands (it keeps its translation) before planning it again."""
         p = self.port_of.get((lan, remote))
         if p is None:
             return False
         if p != NATT_PORT:
-            return not distinct
+            return True  # under 'distinct' too: once its connection is gone, 4500 may be free again
         return distinct and any(h != lan for h in self.keepers.get(remote, {}))
 
     def claim(self, lan, zone, remote, now, distinct, found=None):

@@ -220,7 +220,7 @@ def test_engine_distinct_gives_the_second_host_a_port_before_the_verdict():
     assert sorted((p.lan_ip, p.wan_port) for p in e.pending.values()) == [(LAN1, 4500), (LAN2, P2)]
 
 
-def test_engine_asks_conntrack_once_for_a_new_pair():
+def test_engine_asks_conntrack_for_a_new_pair_and_again_for_a_distinct_port():
     asked = []
     kernel = {(LAN1, SRV): P2 + 5, (LAN2, SRV): 4500}  # what conntrack already translates to
 
@@ -232,9 +232,10 @@ def test_engine_asks_conntrack_once_for_a_new_pair():
     ops = e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)  # first now, but its entry has a port
     assert [(o[1], o[3]) for o in natt_ops(ops)] == [("natt_out", P2 + 5), ("natt_in", Z1)]
     assert natt_ops(e.handle(ike(LAN2, SRV, 0xA2), False, 1.1)) == []  # its entry keeps 4500
-    e.handle(ike(LAN1, SRV, 0xA1), False, 1.2)
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.2)  # a distinct port: asked again, still stands
+    e.handle(ike(LAN2, SRV, 0xA2), False, 1.25)  # 4500, the only keeper: not asked again
     e.handle(ike(LAN1, SRV, 0xA9, port=500), False, 1.3)  # UDP 500: never asked
-    assert asked == [(LAN1, Z1, SRV), (LAN2, Z2, SRV)]
+    assert asked == [(LAN1, Z1, SRV), (LAN2, Z2, SRV), (LAN1, Z1, SRV)]
     assert dict((r["lan_ip"], r["wan_port"]) for r in e.status(2.0) if r["remote_port"] == 4500) == {
         LAN1: P2 + 5, LAN2: 4500}
 
@@ -388,3 +389,20 @@ def test_engine_a_stale_keeper_does_not_push_a_lone_host_off_4500():
     kernel[(LAN1, SRV)] = 4500  # LAN1's new connection stands
     ops = e.handle(ike(LAN2, SRV, 0xB2), False, 2.1)
     assert [(o[0], o[1], o[3]) for o in natt_ops(ops)] == [("add", "natt_out", P2), ("add", "natt_in", Z2)]
+
+
+def test_engine_a_host_alone_again_goes_back_to_4500():
+    """LAN2 had a distinct port next to LAN1; both connections are gone. LAN2 comes back
+    alone: it is at 4500 again (its elements deleted), not on a port planned for company."""
+    kernel = {}
+
+    def probe(lan, zone, remote):
+        return kernel.get((lan, remote))
+
+    e = Engine(Config({"natt_ports": "distinct"}), natt_probe=probe)
+    e.handle(ike(LAN1, SRV, 0xA1), False, 1.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 1.0)
+    assert e.natt.port(LAN2, SRV) == P2
+    ops = e.handle(ike(LAN2, SRV, 0xB2), False, 5.0)
+    assert natt_ops(ops) == [("del", "natt_out", (LAN2, SRV)), ("del", "natt_in", (SRV, P2))]
+    assert e.natt.port(LAN2, SRV) == 4500 and e.natt.port(LAN1, SRV) is None
