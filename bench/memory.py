@@ -9,6 +9,12 @@ kernel: a map like the daemon's esp_zone (key remote ip . SPI, value zone, per-e
         an estimate (other activity on the machine adds noise; the larger N, the better).
 bpf:    the BPF offload's flow map (nat/bpf/offload.o loaded, not attached) filled with N entries,
         measured the same way; an offloaded flow holds two entries (one per direction).
+daemon: the resident set (VmRSS, and its anonymous / file-backed parts) of the daemon as shipped
+        in a lab of its own, idle and then steady with 1k and 4k tracked flows (new IKE SAs
+        from one LAN host, flows_per_host raised to fit), beside two floors: the bare
+        interpreter (`python -c pass`, as the daemon is started) and the same interpreter
+        after loading, by ctypes, every shared library the running daemon has mapped that is not
+        part of Python itself (libnftables, libnetfilter_queue, libbpf, ...).
 """
 import gc
 import os
@@ -118,6 +124,104 @@ def bpf_bytes_per_entry(n=10000, samples=3):
             "bytes_per_offloaded_flow": 2 * round(B.median(results))}
 
 
+def _rss(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[k] = int(v.split()[0])  # kB
+    return out
+
+
+def _foreign_libs(pid):
+    """Shared libraries the process maps that are not Python's own (interpreter, lib-dynload)."""
+    import sys
+    libs = set()
+    py = os.path.realpath(sys.base_prefix)
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if ".so" not in path or not path.startswith("/"):
+                continue
+            real = os.path.realpath(path)
+            if real.startswith(py + "/lib/python") or "/site-packages/" in real or "python3" in os.path.basename(real):
+                continue
+            libs.add(real)
+    return sorted(libs)
+
+
+def _floor(libs):
+    import sys
+    code = ("import ctypes, sys\nfor p in sys.argv[1:]:\n    ctypes.CDLL(p)\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
+    bare = subprocess.run([sys.executable, "-c", "print([l.split()[1] for l in open('/proc/self/status') "
+                                                 "if l.startswith('VmRSS')][0])"], capture_output=True, text=True)
+    loaded = subprocess.run([sys.executable, "-c", code] + libs, capture_output=True, text=True)
+    return int(bare.stdout.strip()), (int(loaded.stdout.strip()) if loaded.returncode == 0 else None), loaded.stderr[-300:]
+
+
+def _send_ike(ns, src, dst, first, n, rate=2000):
+    """n IKE_SA_INIT requests with fresh SPI_i from ns (UDP 500 -> dst:500), paced."""
+    import sys
+    code = ("import socket, struct, sys, time\n"
+            "src, dst, first, n, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind((src, 500))\n"
+            "t0 = time.monotonic()\n"
+            "for i in range(n):\n"
+            "    hdr = struct.pack('!QQBBBBII', first + i, 0, 0, 0x20, 34, 0x08, 0, 28)\n"
+            "    s.sendto(hdr, (dst, 500))\n"
+            "    lag = t0 + (i + 1) / float(rate) - time.monotonic()\n"
+            "    if lag > 0:\n"
+            "        time.sleep(lag)\n")
+    B.nsexec(ns, sys.executable, "-c", code, src, dst, str(first), str(n), str(rate), timeout=120)
+
+
+def daemon_rss(sizes=(1000, 4000), log=print, workdir="/run/passthrough-lab/bm"):
+    from passthrough.cli import ask
+    from passthrough.lab.harness import LabRun
+    top = max(sizes)
+    run = LabRun(prefix="pt-bm-", hosts=1, workdir=workdir)
+    out = {"unit": "kB", "flows": {}}
+    try:
+        run.up(responders=False, max_flows=str(top + 64), flows_per_host=str(top + 64))
+        pid = run.daemon.pid
+        time.sleep(3.0)
+        out["idle"] = _rss(pid)
+        libs = _foreign_libs(pid)
+        bare, floor, err = _floor(libs)
+        out["floor_bare_interpreter"] = bare
+        out["floor_with_c_libraries"] = floor
+        out["c_libraries"] = [os.path.basename(x) for x in libs]
+        if floor is None:
+            out["floor_error"] = err
+        have = 0
+        lan, srv = run.lab.lan_ip(0), run.lab.server_ip(0)
+        for n in sorted(sizes):
+            _send_ike(run.lab.lan_hosts[0], lan, srv, 0x5000000000 + have, n - have)
+            have = n
+            deadline = time.time() + 60
+            flows = 0
+            while time.time() < deadline:
+                flows = ask(run.control, "stats")["summary"]["flows"]
+                if flows >= n:
+                    break
+                time.sleep(0.5)
+            time.sleep(3.0)  # steady: the queue drained, the periodic work ran
+            r = _rss(pid)
+            r["tracked"] = flows
+            out["flows"][str(n)] = r
+            log("  memory daemon %5d flows (tracked %d): VmRSS %d kB (anon %d, file %d)" % (
+                n, flows, r["VmRSS"], r.get("RssAnon", 0), r.get("RssFile", 0)))
+        log("  memory daemon idle %d kB; floors: bare interpreter %d kB, + C libraries %s kB (%s)" % (
+            out["idle"]["VmRSS"], bare, floor, ", ".join(out["c_libraries"])))
+    finally:
+        run.down()
+    return out
+
+
 def measure(sizes=(10000, 100000), log=print):
     out = {"engine": {}, "kernel": {}, "target_bytes": 1024}
     try:
@@ -127,6 +231,11 @@ def measure(sizes=(10000, 100000), log=print):
             r["entries"], r["bytes_per_entry"], r["samples"]))
     except Exception as e:  # noqa: BLE001 - no libbpf / object: the rest still measures
         log("  memory BPF offload map: not measured (%s)" % e)
+    try:
+        out["daemon"] = daemon_rss(log=log)
+    except Exception as e:  # noqa: BLE001 - reported, the other parts still measure
+        out["daemon"] = {"error": str(e)}
+        log("  memory daemon RSS: not measured (%s)" % e)
     for n in sizes:
         for kind in ("ike", "esp"):
             r = engine_bytes_per_flow(n, kind)

@@ -285,6 +285,12 @@ def targets(res):
         t["memory_engine_bytes_per_flow_max"] = worst
         t["memory_kernel_bytes_per_element_max"] = kern
         t["memory_met"] = worst <= 1024
+        dm = res["memory"].get("daemon") or {}
+        if dm.get("flows"):  # issue 13: <= 12 MB with 1k flows, <= 16 MB with 4k (kB here)
+            rss = dict((k, v["VmRSS"]) for k, v in dm["flows"].items())
+            t["memory_daemon_rss_kb"] = rss
+            t["memory_daemon_floor_kb"] = dm.get("floor_with_c_libraries")
+            t["memory_daemon_met"] = rss.get("1000", 1 << 30) <= 12 * 1024 and rss.get("4000", 1 << 30) <= 16 * 1024
         if "bpf" in res["memory"]:
             t["memory_bpf_bytes_per_offloaded_flow"] = res["memory"]["bpf"]["bytes_per_offloaded_flow"]
     return t
