@@ -82,8 +82,8 @@ def run_cell(lab, cell):
     if not row["ok"]:
         row["logs"] = out.get("logs", {})
         if cell["router_mode"] != "masquerade":  # what the daemon learned and decided meanwhile
-            row["logs"]["router"] = lab.guest.run("logread -e passthrough | tail -n 60; passthrough status"
-                                                  ).stdout.splitlines()[-90:]
+            row["logs"]["router"] = lab.guest.run("logread -e passthrough | grep -v expired | tail -n 60; "
+                                                  "passthrough status | head -n 6").stdout.splitlines()
     return row
 
 
