@@ -440,7 +440,10 @@ class Engine:
         and a wrong pair outranks the port in the kernel's classify chain.)
         Then, per host, only its newest waiting SA counts: an older one that never got an
         answer was replaced (a new IKE SA, a client restarted). Of those, the host that began
-        waiting first: replies come back in the order their requests left."""
+        waiting first: replies come back in the order their requests left; but a SA that began
+        waiting before its host's latest IKE SA to `remote` comes last: it is left over from
+        a negotiation the host gave up (the interop matrix caught one, unanswered for 23 s,
+        taking the reply meant for the other host's fresh SA)."""
         newest = {}
         for pk in self.pending:
             p = self.pending[pk]
@@ -451,10 +454,15 @@ class Engine:
             have = newest.get(p.lan_ip)
             if have is None or p.created > have.created:
                 newest[p.lan_ip] = p
-        best = None
+        best = best_rank = None
         for p in newest.values():
-            if best is None or p.created < best.created:
-                best = p
+            began = 0
+            for ike in self._find("ike", p.lan_ip, remote):
+                if ike.created > began:
+                    began = ike.created
+            rank = (p.created < began, p.created)
+            if best is None or rank < best_rank:
+                best, best_rank = p, rank
         return best
 
     def _l2tp_in(self, d, remote, now, ops):

@@ -339,6 +339,31 @@ def test_engine_a_hosts_older_unanswered_sa_does_not_jump_the_queue():
     assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2002), Z2)]
 
 
+def test_engine_an_sa_left_from_a_given_up_negotiation_comes_last():
+    """The interop matrix's sequence (preserve, strongSwan to strongSwan, L2TP): LAN2's SA from
+    the previous negotiation was never answered; both hosts start new IKE SAs, LAN1's new SA
+    waits first, the reply to it comes before LAN2's new SA is seen. It is LAN1's, not the
+    leftover's; then LAN2's reply goes to LAN2's new SA."""
+    e = engine(natt_ports="preserve", pair_window="30")
+    e.handle(ike(LAN2, SRV, 0xB2), False, 0.0)
+    e.handle(natt(LAN2, SRV, 0x1000), False, 8.0)  # never answered
+    e.handle(ike(LAN1, SRV, 0xA1), False, 30.0)
+    e.handle(ike(LAN2, SRV, 0xA2), False, 30.1)
+    e.handle(natt(LAN1, SRV, 0x1001), False, 32.0)
+    ops = e.handle(natt(SRV, WAN, 0x2001), True, 32.03)
+    assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2001), Z1)]
+    e.handle(natt(LAN2, SRV, 0x1002), False, 32.06)
+    ops = e.handle(natt(SRV, WAN, 0x2002), True, 32.08)
+    assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2002), Z2)]
+    assert not e.pending  # the leftover went with LAN2's pairing
+    # With nobody fresher waiting, a leftover still gets its answer (a slow server).
+    e2 = engine(natt_ports="preserve", pair_window="30")
+    e2.handle(natt(LAN2, SRV, 0x1000), False, 8.0)
+    e2.handle(ike(LAN2, SRV, 0xA2), False, 9.0)
+    ops = e2.handle(natt(SRV, WAN, 0x2000), True, 9.5)
+    assert [(o[2], o[3]) for o in ops if o[1] == "esp_zone"] == [((SRV, 0x2000), Z2)]
+
+
 def test_engine_a_mode_change_plans_pairs_without_a_connection_again():
     """preserve -> distinct: hosts recorded at 4500 whose connections are gone (conntrack has
     no entry) are planned again, so one keeps 4500 and the other gets a port; a live
