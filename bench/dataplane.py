@@ -22,6 +22,7 @@ SPI_ESP = 0x52000
 L2TP_TID = 4711
 L2TP_SESSION = 7
 OTHER_PORT = 5000  # plain UDP that is no VPN: what passthrough's hooks cost everybody else
+OTHER_TCP = (40000, 443)  # and TCP (LAN port, server port)
 VPN_FLOWS = ("natt", "esp", "l2tp")
 STEP = 0x1000  # the lab responder answers with SPI + STEP
 
@@ -60,6 +61,9 @@ def frames(run, learned, size):
     other = B.pad_to(b"", size, 28)
     out[("other", "up")] = up(17, B.udp(lan, srv, OTHER_PORT, OTHER_PORT, other))
     out[("other", "down")] = down(17, B.udp(srv, wan, OTHER_PORT, OTHER_PORT, other))
+    seg = B.pad_to(b"", size, 40)  # TCP the same way: a web connection's ACKs and data
+    out[("tcp", "up")] = up(6, B.tcp(lan, srv, OTHER_TCP[0], OTHER_TCP[1], seg))
+    out[("tcp", "down")] = down(6, B.tcp(srv, wan, OTHER_TCP[1], OTHER_TCP[0], seg))
     return out
 
 
@@ -121,7 +125,7 @@ def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3,
     tables), `pt_run` runs the daemon as shipped, `nft_run` (optional) the daemon with offload
     'off'. Each case is blasted in every lab in rotating order, so background load hits all
     modes alike; medians are reported."""
-    flows = VPN_FLOWS + ("other",)
+    flows = VPN_FLOWS + ("other", "tcp")
     runs = {"kernel": kernel_run, "passthrough": pt_run}
     if nft_run is not None:
         runs["nft_path"] = nft_run
@@ -142,7 +146,7 @@ def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3,
                     order = modes[rep % len(modes):] + modes[:rep % len(modes)]
                     for mode in order:
                         c0 = offload_status(runs[mode])["program"]["carried"] \
-                            if offloaded.get(mode) and flow != "other" else None
+                            if offloaded.get(mode) and flow in VPN_FLOWS else None
                         res = blast(runs[mode], fr[mode][(flow, direction)], direction, seconds, workdir)
                         if c0 is not None:
                             res["carried"] = offload_status(runs[mode])["program"]["carried"] - c0

@@ -25,8 +25,18 @@ classify only has to pick out control packets, for all six data cases (up and do
   tc_bpf        the gate's control-packet test as classic BPF (tcpdump -ddd) in a tc clsact
                 ingress filter on both router ports instead of nft (no action attached: only
                 the cost a data packet pays is measured)
+
+A third series prices what ordinary traffic (plain UDP and TCP, no VPN, 100 B, up and down)
+pays for each hook passthrough has or had, one piece at a time in the kernel-only lab:
+  hook        an empty prerouting base chain at -310
+  gate        that chain with passthrough's GATE (nat/nftables.py): the head of classify today
+  ipt_hook    the iptables raw PREROUTING NFQUEUE rule of the older layout (-300, one mark test)
+  steer_hook  the older layout's second nft hook (-250, one mark test)
+  tc          the offload program (nat/bpf/offload.o) on the ingress of both router ports, no
+              nft rules: what the BPF path costs the packets it does not carry
 """
 import subprocess
+import sys
 
 from bench import lablib as B
 from bench import dataplane as D
@@ -134,14 +144,15 @@ def _tc_gate(ns, devs, on):
 def measure_gate(kernel_run, workdir, seconds=1.0, reps=3, log=print):
     """{"flow-direction": {step: {pps, ns_per_pkt, ratio}}} for the six 100 B data cases."""
     L = kernel_run.lab
-    frames = D.frames(kernel_run, D.learn(kernel_run), 100)
+    frames = dict((k, v) for k, v in D.frames(kernel_run, D.learn(kernel_run), 100).items() if k[0] != "tcp")
     raw = {"%s-%s" % k: {s: [] for s in GATE_STEPS} for k in frames}
     try:
         for rep in range(reps):
             for step in GATE_STEPS:
                 _apply(L.router, None if step in ("kernel", "tc_bpf") else _gate_ruleset(step, "br-lan", "wan"))
                 _tc_gate(L.router, ("br-lan", "wan"), step == "tc_bpf")
-                for (flow, direction), frame in sorted(frames.items()):
+                # up first: the plain UDP up blast makes the conntrack entry its down blast answers
+                for (flow, direction), frame in sorted(frames.items(), key=lambda kv: (kv[0][0], kv[0][1] != "up")):
                     r = D.blast(kernel_run, frame, direction, seconds, workdir)
                     raw["%s-%s" % (flow, direction)][step].append(r["pps"])
                     log("  floor %-4s %-4s %-11s rep %d: %8d pkt/s" % (flow, direction, step, rep, r["pps"]))
@@ -170,3 +181,65 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
     finally:
         _apply(L.router, None)
     return _summary(raw, STEPS)
+
+
+OTHER_STEPS = ("kernel", "hook", "gate", "ipt_hook", "steer_hook", "tc")
+OLD_QUEUE_RULE = ["-t", "raw", "PREROUTING", "-m", "mark", "--mark", "0x10000000/0x10000000",
+                  "-j", "NFQUEUE", "--queue-num", "7199", "--queue-bypass"]
+
+
+def _other_step(ns, step, devs, on):
+    """Set up (on) or tear down one step of the other-traffic series."""
+    from nat import nftables as N
+    if step in ("hook", "gate", "steer_hook"):
+        if on:
+            rules = list(N.GATE) if step == "gate" else []
+            text = ["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
+            if step == "steer_hook":
+                text.extend(STEER_CHAIN)
+            else:
+                text.append("\tchain pre {")
+                text.append("\t\ttype filter hook prerouting priority -310; policy accept;")
+                text.extend("\t\t" + r for r in rules)
+                text.append("\t}")
+            text.append("}")
+            _apply(ns, "\n".join(text) + "\n")
+        else:
+            _apply(ns, None)
+    elif step == "ipt_hook":
+        verb = "-I" if on else "-D"
+        B.nsexec(ns, "iptables", "-w", OLD_QUEUE_RULE[0], OLD_QUEUE_RULE[1], verb, *OLD_QUEUE_RULE[2:], check=on)
+    elif step == "tc":
+        if on:
+            import os
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            code = ("import sys, socket; sys.path.insert(0, %r); from nat.bpf import OffloadProgram; "
+                    "p = OffloadProgram(); p.set_candidate_mark(0); "
+                    "[p.attach(socket.if_nametoindex(d), 'offload') for d in %r]" % (root, tuple(devs)))
+            B.nsexec(ns, sys.executable, "-c", code)  # tc keeps the program attached after exit
+        else:
+            for dev in devs:
+                B.nsexec(ns, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
+
+
+def measure_other(kernel_run, workdir, seconds=1.0, reps=3, log=print):
+    """{"udp-up": {step: {pps, ns_per_pkt, ratio, added_ns}}, ...} for plain UDP and TCP."""
+    L = kernel_run.lab
+    fr = D.frames(kernel_run, D.learn(kernel_run), 100)
+    frames = dict(((f if f == "tcp" else "udp", d), fr[(f, d)]) for f in ("other", "tcp") for d in ("up", "down"))
+    raw = {"%s-%s" % k: {s: [] for s in OTHER_STEPS} for k in frames}
+    devs = ("br-lan", "wan")
+    try:
+        for rep in range(reps):
+            for step in OTHER_STEPS:
+                _other_step(L.router, step, devs, True)
+                try:
+                    for (flow, direction) in sorted(frames, key=lambda k: (k[0], k[1] != "up")):
+                        r = D.blast(kernel_run, frames[(flow, direction)], direction, seconds, workdir)
+                        raw["%s-%s" % (flow, direction)][step].append(r["pps"])
+                        log("  floor other %-4s %-4s %-10s rep %d: %8d pkt/s" % (flow, direction, step, rep, r["pps"]))
+                finally:
+                    _other_step(L.router, step, devs, False)
+    finally:
+        _apply(L.router, None)
+    return _summary(raw, OTHER_STEPS)

@@ -41,6 +41,14 @@ def udp(src, dst, sport, dport, payload):
     return struct.pack("!HHHH", sport, dport, length, c) + payload
 
 
+def tcp(src, dst, sport, dport, payload, flags=0x10, seq=1000, ack=2000):
+    """A TCP segment (default: a bare ACK, which conntrack picks up mid-stream)."""
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20 + len(payload))
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    c = csum(pseudo + hdr + payload)
+    return hdr[:16] + struct.pack("!H", c) + hdr[18:] + payload
+
+
 def ether(dst_mac, src_mac, payload, ethertype=0x0800):
     return bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + \
         struct.pack("!H", ethertype) + payload
