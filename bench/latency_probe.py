@@ -39,7 +39,7 @@ def inproc(a):
     cfg = Config(base)
     eng = Engine(cfg)
     k = Kernel(cfg)
-    k.backend = "xt"
+    k.backend = "iptables"
     lan, srv = a.lan, a.server
 
     def udp_pkt(src, dst, sport, dport, payload):
