@@ -29,7 +29,8 @@ classify only has to pick out control packets, for all six data cases (up and do
 A third series prices what ordinary traffic (plain UDP and TCP, no VPN, 100 B, up and down)
 pays for each hook passthrough has or had, one piece at a time in the kernel-only lab:
   hook        an empty prerouting base chain at -310
-  gate        that chain with passthrough's GATE (nat/nftables.py): the head of classify today
+  gate        that chain with a gate for other traffic (GATE below: TCP, not UDP/ESP, UDP
+              without a VPN port), the head of the one-hook layout tried in dd7899d
   ipt_hook    the iptables raw PREROUTING NFQUEUE rule of the older layout (-300, one mark test)
   steer_hook  the older layout's second nft hook (-250, one mark test)
   tc          the offload program (nat/bpf/offload.o) on the ingress of both router ports, no
@@ -183,6 +184,9 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
     return _summary(raw, STEPS)
 
 
+VPN_UDP = "{ 500, 4500, 1701 }"
+GATE = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",
+        "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
 OTHER_STEPS = ("kernel", "hook", "gate", "ipt_hook", "steer_hook", "tc")
 OLD_QUEUE_RULE = ["-t", "raw", "PREROUTING", "-m", "mark", "--mark", "0x10000000/0x10000000",
                   "-j", "NFQUEUE", "--queue-num", "7199", "--queue-bypass"]
@@ -190,10 +194,9 @@ OLD_QUEUE_RULE = ["-t", "raw", "PREROUTING", "-m", "mark", "--mark", "0x10000000
 
 def _other_step(ns, step, devs, on):
     """Set up (on) or tear down one step of the other-traffic series."""
-    from nat import nftables as N
     if step in ("hook", "gate", "steer_hook"):
         if on:
-            rules = list(N.GATE) if step == "gate" else []
+            rules = list(GATE) if step == "gate" else []
             text = ["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
             if step == "steer_hook":
                 text.extend(STEER_CHAIN)
