@@ -64,7 +64,11 @@ def outer_members(blob):
 def read_ipk(path):
     """(control fields dict, control files {name: (mode, bytes)}, data tar bytes)."""
     with open(path, "rb") as f:
-        members = outer_members(f.read())
+        return unpack(outer_members(f.read()), path)
+
+
+def unpack(members, path):
+    """read_ipk's result from outer_members' (the caller keeps the compressed members)."""
     for need in ("./debian-binary", "./control.tar.gz", "./data.tar.gz"):
         if need not in members:
             raise IpkError("%s: no %s" % (path, need))

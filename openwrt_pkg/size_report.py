@@ -11,8 +11,8 @@ nat/, the BPF object, init script and config, the LuCI view, ...) and summed: "i
 sum of the unpacked files' sizes (no directories, no filesystem blocks). Beside it: the package's
 own Installed-Size field (.ipk: ipkg-build writes the size of the uncompressed data tar, tar
 headers and padding included; .apk: mkpkg's installed-size) and the compressed size (.ipk: its
-data.tar.gz; .apk: the file). Only the standard library (and build_ipk.py / qemu/pkgdb.py of this
-directory for building, and for `apk adbdump` when reading an .apk).
+data.tar.gz; .apk: the file). Only the standard library and, from this directory, ipk_install.py
+(reading an .ipk), build_ipk.py (building) and qemu/pkgdb.py (`apk adbdump` for an .apk).
 """
 import argparse
 import io
@@ -26,6 +26,8 @@ import tarfile
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import ipk_install  # noqa: E402  (this directory: the .ipk reader the installer uses)
 
 # First matching rule names a file's group. Paths are as installed, without the leading "/".
 GROUPS = [
@@ -81,25 +83,17 @@ class Package:
         return [(label,) + acc[label] for label in dict.fromkeys(order) if label in acc]
 
 
-def _control_field(text, field):
-    m = re.search(r"^%s:\s*(\S+)" % re.escape(field), text, re.M)
-    return m.group(1) if m else None
-
-
 def read_ipk(path):
-    """An .ipk as ipkg-build writes it: a gzip'd tar of ./debian-binary, ./control.tar.gz and
-    ./data.tar.gz."""
+    """An .ipk, read by ipk_install.py (both container formats); the data tar's compressed size
+    from its outer members."""
     try:
-        with tarfile.open(path, "r:gz") as outer:
-            members = {m.name.lstrip("./"): outer.extractfile(m).read() for m in outer.getmembers() if m.isfile()}
-    except (OSError, tarfile.TarError) as e:
+        with open(path, "rb") as f:
+            members = ipk_install.outer_members(f.read())
+        fields, _, data_tar = ipk_install.unpack(members, path)
+    except (OSError, tarfile.TarError, EOFError, ipk_install.IpkError) as e:
         raise ReportError("%s: not an .ipk (%s)" % (path, e))
-    if "data.tar.gz" not in members or "control.tar.gz" not in members:
-        raise ReportError("%s: no data.tar.gz / control.tar.gz in it" % path)
-    with tarfile.open(fileobj=io.BytesIO(members["control.tar.gz"]), mode="r:gz") as ctl:
-        control = ctl.extractfile("./control").read().decode()
     files, py = {}, {}
-    with tarfile.open(fileobj=io.BytesIO(members["data.tar.gz"]), mode="r:gz") as data:
+    with tarfile.open(fileobj=io.BytesIO(data_tar), mode="r:") as data:
         for m in data.getmembers():
             if not m.isfile():  # directories and links take no file data
                 continue
@@ -107,9 +101,9 @@ def read_ipk(path):
             files[rel] = m.size
             if rel.endswith(".py"):
                 py[rel] = data.extractfile(m).read()
-    installed = _control_field(control, "Installed-Size")
-    return Package(path, _control_field(control, "Package"), "ipk", files,
-                   int(installed) if installed else None, len(members["data.tar.gz"]), py)
+    installed = fields.get("Installed-Size")
+    return Package(path, fields.get("Package"), "ipk", files,
+                   int(installed) if installed else None, len(members["./data.tar.gz"]), py)
 
 
 def apk_tool():
@@ -219,7 +213,6 @@ def markdown(pkgs):
 
 
 def build(outdir, fmt, arch):
-    sys.path.insert(0, HERE)
     import build_ipk
     try:
         return build_ipk.build(outdir, fmt=fmt, arch=arch,
