@@ -31,22 +31,37 @@ pays for each hook passthrough has or had, one piece at a time in the kernel-onl
   hook        an empty prerouting base chain at -310
   gate        that chain with a gate for other traffic (GATE below: TCP, not UDP/ESP, UDP
               without a VPN port), the head of the one-hook layout tried in dd7899d
-  ipt_hook    the iptables raw PREROUTING NFQUEUE rule of the older layout (-300, one mark test)
-  steer_hook  the older layout's second nft hook (-250, one mark test)
+  ipt_hook    the iptables backend's raw PREROUTING NFQUEUE rule (-300, one mark test; the
+              rule nat/kernel.py installs on kernels without nft_queue)
+  steer_hook  passthrough's second nft hook (-250, one mark test)
   tc          the offload program (nat/bpf/offload.o) on the ingress of both router ports, no
               nft rules: what the BPF path costs the packets it does not carry
 """
+import os
 import subprocess
 import sys
 
 from bench import lablib as B
 from bench import dataplane as D
+from nat.nftables import VPN_UDP
 
 TABLE = "pt_floor"
 ZONE = 4242
 # passthrough's steer hook when no queued packet waits for its zone: one mark test.
 STEER_CHAIN = ["\tchain steer {", "\t\ttype filter hook prerouting priority -250; policy accept;",
                "\t\tmeta mark & 0x20000000 == 0 accept", "\t}"]
+
+
+def _table(lines):
+    """A transaction that (re)creates the scratch table with these lines inside."""
+    return "\n".join(["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
+                     + list(lines) + ["}"]) + "\n"
+
+
+def _pre(rules):
+    """The scratch prerouting base chain at -310 (passthrough's classify priority)."""
+    return (["\tchain pre {", "\t\ttype filter hook prerouting priority -310; policy accept;"]
+            + ["\t\t" + r for r in rules] + ["\t}"])
 
 
 def _ruleset(step, lan_dev, key_elems):
@@ -59,20 +74,14 @@ def _ruleset(step, lan_dev, key_elems):
                    "meta l4proto esp ct zone set ip saddr . @th,0,32 map @m accept"],
     }
     inner = rules["lookup" if step == "steer" else step]
-    out = ["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
-    out.append("\tmap m { typeof ip saddr . @th,0,32 : ct zone; elements = { %s } }" % ", ".join(key_elems))
+    out = ["\tmap m { typeof ip saddr . @th,0,32 : ct zone; elements = { %s } }" % ", ".join(key_elems)]
     out.append("\tchain c {")
     out.extend("\t\t" + r for r in inner)
     out.append("\t}")
-    out.append("\tchain pre {")
-    out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
-    if step != "hook":
-        out.append('\t\tiifname "%s" jump c' % lan_dev)
-    out.append("\t}")
+    out.extend(_pre([] if step == "hook" else ['iifname "%s" jump c' % lan_dev]))
     if step == "steer":
         out.extend(STEER_CHAIN)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return _table(out)
 
 
 STEPS = ("kernel", "hook", "dispatch", "zone", "lookup", "steer")
@@ -85,30 +94,24 @@ QUEUE_MARK = "meta mark set meta mark | 0x10000000"  # as the iptables backend m
 
 def _gate_ruleset(step, lan_dev, wan_dev):
     """nft text for one gate step (see the module doc)."""
-    out = ["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
-    out.append('\tchain ctl { iifname vmap { "%s" : goto q_out, "%s" : goto q_in }; }' % (lan_dev, wan_dev))
+    out = ['\tchain ctl { iifname vmap { "%s" : goto q_out, "%s" : goto q_in }; }' % (lan_dev, wan_dev)]
     out.append("\tchain q_out { %s; }" % QUEUE_MARK)
     out.append("\tchain q_in { limit rate over 1000/second accept; %s; }" % QUEUE_MARK)
     out.append("\tchain l2tp_ctl { @th,64,8 & 0x80 == 0x80 goto ctl; }")
     out.append("\tchain shared { }")
-    out.append("\tchain pre {")
-    out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
     if step == "one_rule":
-        out.append("\t\tudp dport 1701 accept")
+        pre = ["udp dport 1701 accept"]
     else:
+        pre = []
         if step == "gate_shared":
-            out.append('\t\tip daddr %s iifname "%s" goto shared' % (OTHER_REMOTE, lan_dev))
-            out.append('\t\tip saddr %s iifname "%s" goto shared' % (OTHER_REMOTE, wan_dev))
-        out.append("\t\tudp dport 4500 @th,64,32 != 0 accept")
-        out.append("\t\tudp dport 4500 goto ctl")
-        out.append("\t\tudp dport 1701 goto l2tp_ctl")
-        out.append("\t\tudp dport 500 goto ctl")
-        out.append("\t\tudp sport 1701 goto l2tp_ctl")
-    out.append("\t}")
+            pre.append('ip daddr %s iifname "%s" goto shared' % (OTHER_REMOTE, lan_dev))
+            pre.append('ip saddr %s iifname "%s" goto shared' % (OTHER_REMOTE, wan_dev))
+        pre += ["udp dport 4500 @th,64,32 != 0 accept", "udp dport 4500 goto ctl", "udp dport 1701 goto l2tp_ctl",
+                "udp dport 500 goto ctl", "udp sport 1701 goto l2tp_ctl"]
+    out.extend(_pre(pre))
     if step == "gate_shared":
         out.extend(STEER_CHAIN)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return _table(out)
 
 
 def _apply(ns, text):
@@ -184,37 +187,34 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
     return _summary(raw, STEPS)
 
 
-VPN_UDP = "{ 500, 4500, 1701 }"
 GATE = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",
         "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
 OTHER_STEPS = ("kernel", "hook", "gate", "ipt_hook", "steer_hook", "tc")
-OLD_QUEUE_RULE = ["-t", "raw", "PREROUTING", "-m", "mark", "--mark", "0x10000000/0x10000000",
-                  "-j", "NFQUEUE", "--queue-num", "7199", "--queue-bypass"]
+_RAW_TABLE_BEFORE = {}  # netns -> whether `ip raw` existed before the ipt_hook step made it
 
 
 def _other_step(ns, step, devs, on):
     """Set up (on) or tear down one step of the other-traffic series."""
     if step in ("hook", "gate", "steer_hook"):
-        if on:
-            rules = list(GATE) if step == "gate" else []
-            text = ["table ip %s {}" % TABLE, "delete table ip %s" % TABLE, "table ip %s {" % TABLE]
-            if step == "steer_hook":
-                text.extend(STEER_CHAIN)
-            else:
-                text.append("\tchain pre {")
-                text.append("\t\ttype filter hook prerouting priority -310; policy accept;")
-                text.extend("\t\t" + r for r in rules)
-                text.append("\t}")
-            text.append("}")
-            _apply(ns, "\n".join(text) + "\n")
-        else:
+        if not on:
             _apply(ns, None)
+        elif step == "steer_hook":
+            _apply(ns, _table(STEER_CHAIN))
+        else:
+            _apply(ns, _table(_pre(GATE if step == "gate" else [])))
     elif step == "ipt_hook":
-        verb = "-I" if on else "-D"
-        B.nsexec(ns, "iptables", "-w", OLD_QUEUE_RULE[0], OLD_QUEUE_RULE[1], verb, *OLD_QUEUE_RULE[2:], check=on)
+        from nat.kernel import iptables_queue_spec
+        from passthrough.config import Config
+        spec = iptables_queue_spec(Config({"queue_num": "7199"}))  # a queue nobody reads: bypassed
+        if on:
+            _RAW_TABLE_BEFORE[ns] = B.nsexec(ns, "nft", "list", "table", "ip", "raw", check=False).returncode == 0
+        B.nsexec(ns, "iptables", "-w", spec[0], spec[1], "-I" if on else "-D", *spec[2:], check=on)
+        if not on and not _RAW_TABLE_BEFORE.pop(ns, True):
+            # iptables-nft leaves its raw table and hooked PREROUTING chain behind: an empty
+            # hook in every later step unless it goes too
+            B.nsexec(ns, "nft", "delete", "table", "ip", "raw", check=False)
     elif step == "tc":
         if on:
-            import os
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             code = ("import sys, socket; sys.path.insert(0, %r); from nat.bpf import OffloadProgram; "
                     "p = OffloadProgram(); p.set_candidate_mark(0); "
