@@ -312,6 +312,14 @@ class Offloader:
             self.installed[k] = plan.val_config(v)
         return len(adds), len(dels)
 
+    def recheck(self, pair, entry, flows):
+        """The daemon has just read the pair's conntrack entry (None: gone): a translation it no
+        longer has stops being carried now, not at the next refresh."""
+        if self.plan.check(pair, entry):
+            log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: its offloaded translation "
+                     "is dropped", pair[2], pair[4], pair[0])
+            self._install(self.plan.desired(flows))
+
     def inbound_key(self, flow):
         """The key of a flow's inbound entry (None while not offloaded)."""
         pair = plan.flow_pair(flow)
@@ -338,14 +346,20 @@ class Offloader:
         for pair in self.plan.refresh_due(flows, counts):
             proto, orig = self.plan.trans[pair][2]
             try:
-                there = self.ct.set_timeout(proto, orig, pair[0], self.cfg.udp_timeout)
+                # the entry must still be the one the translation was read from (one made again
+                # under the same tuple may translate to another port)
+                there = not self.plan.check(pair, self.ct.get(proto, orig, pair[0]))
+                if there:
+                    there = self.ct.set_timeout(proto, orig, pair[0], self.cfg.udp_timeout)
+                    if not there:
+                        self.plan.forget(pair)
             except OSError as e:
                 self.errors += 1
                 log.warning("refreshing conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
                 continue
             if not there:
-                log.info("conntrack entry of %s <-> %s (zone %d) is gone: back to the stack", pair[2], pair[4], pair[0])
-                self.plan.forget(pair)
+                log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: offloaded again from "
+                         "what conntrack has now", pair[2], pair[4], pair[0])
                 gone = True
             else:
                 self.refreshed += 1

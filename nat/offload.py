@@ -241,6 +241,20 @@ class OffloadPlan:
                     del table[pair]
         return want
 
+    def check(self, pair, entry):
+        """The pair's conntrack entry as just read (None: gone). A translation the entry no
+        longer has is forgotten (True): the entry was made again since it was learned (flushed,
+        or the host's NAT-T port planned anew) and its flows, old and new, must not go on
+        carrying the old port, which may be another host's by now."""
+        t = self.trans.get(pair)
+        if t is None:
+            return False
+        now = find_translation(pair, [entry]) if entry is not None else None
+        if now is not None and now[:2] == t[:2]:
+            return False
+        self.forget(pair)
+        return True
+
     def forget(self, pair):
         """The pair's conntrack entry is gone: its packets go back to the stack (which makes
         a new entry) and the pair is offloaded again from that one."""

@@ -334,6 +334,8 @@ class Daemon:
         except OSError as err:
             log.debug("conntrack lookup for the NAT-T port of %s -> %s: %s", lan, remote, err)
             return None
+        if self.offloader is not None:  # a pair offloaded with a port it no longer has
+            self.offloader.recheck((zone, 17, lan, port, remote, port), e, self.engine.flows.flows.values())
         return e["reply"][3] if e is not None else None
 
     def _bind_queues(self):

@@ -66,6 +66,7 @@ def set_router_mode(lab, mode):
 def run_cell(lab, cell):
     spec = {k: cell[k] for k in ("client", "server", "ike", "mode")}
     lab.guest.run("conntrack -F")  # each cell starts from an empty conntrack table on the router
+    log_from = _log_lines(lab)
     t = time.time()
     res = lab.guest.run("pt-interop cell '%s'" % json.dumps(spec), timeout=420)
     out = None
@@ -79,12 +80,29 @@ def run_cell(lab, cell):
     row = dict(cell, ok=bool(out.get("ok")), reason=out.get("reason", ""), seconds=round(time.time() - t, 1),
                known_limit=None if out.get("ok") else KNOWN_LIMITS.get(cell["mode"]),
                clients=out.get("clients", {}), server_peers=out.get("server_peers", []))
+    if cell["router_mode"] != "masquerade":  # the daemon's NAT-T port decisions during the cell
+        row["router_natt"] = [l for l in _log_since(lab, log_from) if "NAT-T" in l]
     if not row["ok"]:
         row["logs"] = out.get("logs", {})
         if cell["router_mode"] != "masquerade":  # what the daemon learned and decided meanwhile
             row["logs"]["router"] = lab.guest.run("logread -e passthrough | grep -v expired | tail -n 60; "
                                                   "passthrough status | head -n 6").stdout.splitlines()
     return row
+
+
+def _log_lines(lab):
+    return lab.guest.run("logread -e passthrough").stdout.splitlines()
+
+
+def _log_since(lab, before):
+    """The daemon's log lines written after `before` (logd's buffer is a ring: found by content)."""
+    now = _log_lines(lab)
+    if not before:
+        return now
+    for i in range(len(now) - 1, -1, -1):
+        if now[i] == before[-1]:
+            return now[i + 1:]
+    return now
 
 
 def run(lab, cells, progress=None, out_path=None):

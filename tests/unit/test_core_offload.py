@@ -175,3 +175,28 @@ def test_translated_natt_port_keys_inbound_and_rewrites_outbound():
     p = O.OffloadPlan(3, 4)
     assert p.learn(p.pending([f], 1.0), O.parse_conntrack(ct), 1.0) == [O.flow_pair(f)]
     assert ik in p.desired([f])
+
+
+def test_an_entry_made_again_with_another_port_is_not_carried_with_the_old_one():
+    """The interop matrix caught it: conntrack flushed between two runs of the same clients, the
+    host's NAT-T port planned anew (4500 -> a distinct port); the SAs left from the first run
+    kept the pair alive and the new SAs were offloaded with the old port, which was the other
+    host's by then (the server saw the two hosts' ESP swap ports)."""
+    old = ("udp      17 170 src=192.168.1.20 dst=203.0.113.20 sport=4500 dport=4500 src=203.0.113.20 "
+           "dst=203.0.113.1 sport=4500 dport=4500 [ASSURED] mark=0 zone=4117 use=1\n")
+    new = old.replace("dport=4500 [ASSURED]", "dport=14776 [ASSURED]")
+    left = flow("natt", "192.168.1.20", "203.0.113.20", 0x5001, 4500, 4500, zone=4117)
+    p = O.OffloadPlan(3, 4)
+    pair = O.flow_pair(left)
+    assert p.learn(p.pending([left], 1.0), O.parse_conntrack(old), 1.0) == [pair]
+    assert not p.check(pair, O.parse_conntrack(old)[0])  # the same entry: kept
+    fresh = flow("natt", "192.168.1.20", "203.0.113.20", 0x6001, 4500, 4500, zone=4117)
+    assert p.check(pair, O.parse_conntrack(new)[0])  # same tuple, other port: forgotten
+    assert p.desired([left, fresh]) == {}
+    assert p.pending([left, fresh], 2.0) == [pair]
+    assert p.learn([pair], O.parse_conntrack(new), 2.0) == [pair]
+    assert O.flow_entries(fresh, "203.0.113.1", 14776, 3, 4)[0] in p.desired([left, fresh]).items()
+    # gone (None) or not yet answered: forgotten too; nothing learned: nothing to forget
+    assert p.check(pair, None) and not p.check(pair, None)
+    p.learn([pair], O.parse_conntrack(new), 3.0)
+    assert p.check(pair, O.parse_conntrack(new.replace("[ASSURED]", "[UNREPLIED]"))[0])
