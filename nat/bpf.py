@@ -4,7 +4,9 @@ in step with nat/offload.py's plan, reading translations from conntrack and keep
 carried flows alive (both over ctnetlink, nat/ctnetlink.py).
 
 Needs a kernel with tc BPF (cls_bpf, clsact; OpenWrt: kmod-sched-bpf), bpf_fib_lookup (4.18+),
-libbpf >= 0.6 and Ethernet ports. Without them the daemon stays on the nft path (option
+libbpf >= 0.6, an Ethernet LAN port and an Ethernet or PPP (PPPoE) WAN port (a redirect to PPP
+that takes the Ethernet header off: kernels with PPP as L3 in dev_is_mac_header_xmit, 6.3 and
+the stable 6.1 / 5.15 series). Without them the daemon stays on the nft path (option
 offload 'auto') or refuses to start (offload 'bpf').
 """
 import ctypes
@@ -31,6 +33,7 @@ BPF_TC_F_REPLACE = 1
 BPF_ANY = 0
 LOOKUPS_PER_SYNC = 32  # pairs looked up in conntrack per sync: many pending flows cost seconds, not CPU
 ARPHRD_ETHER = 1
+ARPHRD_PPP = 512
 
 
 class OffloadError(RuntimeError):
@@ -101,12 +104,17 @@ def find_object():
     raise OffloadError("BPF object not found (looked in %s; build it: make -C nat/bpf)" % ", ".join(paths))
 
 
-def device_is_ethernet(name):
+def device_type(name):
+    """The device's ARPHRD_* type (None: no such device)."""
     try:
         with open("/sys/class/net/%s/type" % name) as f:
-            return int(f.read().strip()) == ARPHRD_ETHER
+            return int(f.read().strip())
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def device_is_ethernet(name):
+    return device_type(name) == ARPHRD_ETHER
 
 
 class Map:
@@ -232,12 +240,15 @@ class Offloader:
     """Keeps the flow map in step with the engine's flows and conntrack (see nat/offload.py)."""
 
     def __init__(self, cfg, lan_if, wan_if, program=None):
-        for dev in (cfg.lan_device, cfg.wan_device):
-            if not device_is_ethernet(dev):
-                raise OffloadError("%s is not an Ethernet device (PPP, tunnel, missing): the program "
-                                   "rewrites Ethernet headers" % dev)
+        if not device_is_ethernet(cfg.lan_device):
+            raise OffloadError("%s is not an Ethernet device (tunnel, missing): the program writes "
+                               "the Ethernet headers of the LAN side" % cfg.lan_device)
+        wan_type = device_type(cfg.wan_device)
+        if wan_type not in (ARPHRD_ETHER, ARPHRD_PPP):
+            raise OffloadError("%s is neither Ethernet nor PPP (a tunnel, missing)" % cfg.wan_device)
+        self.wan_l3 = wan_type == ARPHRD_PPP  # PPPoE WAN: no MAC header there
         self.cfg = cfg
-        self.plan = plan.OffloadPlan(lan_if, wan_if)
+        self.plan = plan.OffloadPlan(lan_if, wan_if, wan_l3=self.wan_l3)
         self.installed = {}  # key -> value config (counters stripped)
         self.lan_if, self.wan_if = lan_if, wan_if
         self.errors = 0
@@ -252,7 +263,7 @@ class Offloader:
         try:
             self.set_policy(cfg)
             self.prog.set_candidate_mark(cfg.steer_mark_bit)
-            self.prog.attach(wan_if, "offload")
+            self.prog.attach(wan_if, "offload_l3" if self.wan_l3 else "offload")
             self.prog.attach(lan_if, "offload")
         except Exception:
             self.close()  # no half-attached program: one port with it, one without
@@ -316,8 +327,8 @@ class Offloader:
         """The daemon has just read the pair's conntrack entry (None: gone): a translation it no
         longer has stops being carried now, not at the next refresh."""
         if self.plan.check(pair, entry):
-            log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: its offloaded translation "
-                     "is dropped", pair[2], pair[4], pair[0])
+            log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: back to the stack, "
+                     "offloaded again from the entry there now", pair[2], pair[4], pair[0])
             self._install(self.plan.desired(flows))
 
     def inbound_key(self, flow):
@@ -358,8 +369,8 @@ class Offloader:
                 log.warning("refreshing conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
                 continue
             if not there:
-                log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: offloaded again from "
-                         "what conntrack has now", pair[2], pair[4], pair[0])
+                log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: back to the stack, "
+                         "offloaded again from the entry there now", pair[2], pair[4], pair[0])
                 gone = True
             else:
                 self.refreshed += 1
