@@ -40,9 +40,11 @@ def pack_key(ifindex, saddr, daddr, ident, sport, dport, proto):
             + struct.pack(">HHB", sport or 0, dport or 0, proto) + b"\0\0\0")
 
 
-def pack_val(addr, port, inbound, family, oif):
+def pack_val(addr, port, inbound, family, oif, oif_l3=False):
+    """oif_l3: the port has no MAC header (a PPP WAN): the program writes none for it."""
     return (ip4_bytes(addr) + struct.pack(">H", port or 0) + struct.pack("BB", 1 if inbound else 0, FAMILY_BITS[family])
-            + struct.pack(_HOST + "IIQQ", oif, 0, 0, 0))
+            + struct.pack(_HOST + "I", oif) + struct.pack("BBBB", 1 if oif_l3 else 0, 0, 0, 0)
+            + struct.pack(_HOST + "QQ", 0, 0))
 
 
 def val_counters(raw):
@@ -152,12 +154,13 @@ def find_translation(pair, entries):
     return None
 
 
-def flow_entries(flow, wan_ip, wan_port, lan_if, wan_if):
-    """The (key, value) pair of map entries that carry a flow both ways."""
+def flow_entries(flow, wan_ip, wan_port, lan_if, wan_if, wan_l3=False):
+    """The (key, value) pair of map entries that carry a flow both ways (wan_l3: the WAN port is
+    a PPP device, without MAC header)."""
     zone, proto, lan, lan_port, remote, remote_port = flow_pair(flow)
     family = KIND_FAMILY[flow.kind]
     out_key = pack_key(lan_if, lan, remote, flow_ident(flow, flow.key_out), lan_port, remote_port, proto)
-    out_val = pack_val(wan_ip, wan_port, False, family, wan_if)
+    out_val = pack_val(wan_ip, wan_port, False, family, wan_if, wan_l3)
     in_key = pack_key(wan_if, remote, wan_ip, flow_ident(flow, flow.key), remote_port, wan_port, proto)
     in_val = pack_val(lan, lan_port, True, family, lan_if)
     return [(out_key, out_val), (in_key, in_val)]
@@ -176,9 +179,10 @@ class OffloadPlan:
     conntrack entries it must look up, learn() with what it found, then desired() and installs
     the difference; refresh_due() every few seconds with the carried counters."""
 
-    def __init__(self, lan_if, wan_if, retry=2.0):
+    def __init__(self, lan_if, wan_if, retry=2.0, wan_l3=False):
         self.lan_if = lan_if
         self.wan_if = wan_if
+        self.wan_l3 = wan_l3
         self.retry = retry
         self.trans = {}     # pair -> (wan_ip, wan_port, ct)
         self.tried = {}     # pair -> time of the last conntrack look without a result
@@ -214,7 +218,7 @@ class OffloadPlan:
         memo = (pair, t, f.kind, f.key, f.key_out)
         e = self._entries.get(memo)
         if e is None:
-            e = self._entries[memo] = flow_entries(f, t[0], t[1], self.lan_if, self.wan_if)
+            e = self._entries[memo] = flow_entries(f, t[0], t[1], self.lan_if, self.wan_if, self.wan_l3)
         return e
 
     def desired(self, flows):

@@ -235,8 +235,8 @@ class Daemon:
             return
         self.offload_note = "on"
         self._set_prefilter((self.lan_ifindex, self.wan_ifindex))
-        log.info("BPF offload on: %s (ingress of %s, %s)", self.offloader.prog.path, self.cfg.lan_device,
-                 self.cfg.wan_device)
+        log.info("BPF offload on: %s (ingress of %s, %s%s)", self.offloader.prog.path, self.cfg.lan_device,
+                 self.cfg.wan_device, ", a PPP port" if self.offloader.wan_l3 else "")
 
     def _stop_offload(self, chains=True):
         if self.offloader is not None:

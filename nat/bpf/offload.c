@@ -14,6 +14,12 @@
 // neighbour, a route to another port, packets over the MTU, and families the policy map says
 // are off (the stack's policy rules then drop them). "Goes on" is TC_ACT_UNSPEC, so filters of
 // other tools behind ours on the same hook still run.
+//
+// PPPoE WAN (the most common home WAN): the WAN port is the ppp device, where packets have no
+// MAC header. `offload_l3` runs there (IP at offset 0) and gives inbound packets the Ethernet
+// header the LAN port needs; outbound, the kernel's redirect to a PPP device drops our Ethernet
+// header itself (PPP counts as L3 for it: include/linux/if_arp.h dev_is_mac_header_xmit) and
+// the PPPoE driver adds the session header.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -25,10 +31,11 @@
 #include <bpf/bpf_endian.h>
 
 #define AF_INET 2
-#define IP_OFF ETH_HLEN
-#define L4_OFF (ETH_HLEN + sizeof(struct iphdr))
+// L2: the link header in front of IP (ETH_HLEN on Ethernet ports, 0 on PPP)
+#define IP_OFF(L2) (L2)
+#define L4_OFF(L2) ((L2) + sizeof(struct iphdr))
 // UDP header + L2TP header up to a tunnel id behind the length field (RFC 2661 3.1)
-#define PULL_LEN (L4_OFF + sizeof(struct udphdr) + 6)
+#define PULL_LEN(L2) (L4_OFF(L2) + sizeof(struct udphdr) + 6)
 
 #define PORT_IKE 500
 #define PORT_NATT 4500
@@ -61,7 +68,8 @@ struct offload_val {
 	__u8 inbound;    // 1: rewrite the destination, 0: the source
 	__u8 family;     // FAMILY_*
 	__u32 oif;       // the port the route must lead to
-	__u32 pad;
+	__u8 oif_l3;     // 1: that port has no MAC header (PPP)
+	__u8 pad[3];
 	__u64 packets;   // carried: the daemon's activity signal (idle flows, conntrack refresh)
 	__u64 bytes;
 };
@@ -112,25 +120,28 @@ static __always_inline int to_stack(struct __sk_buff *skb, int maybe_vpn)
 	return TC_ACT_UNSPEC;
 }
 
-SEC("tc")
-int offload(struct __sk_buff *skb)
+static __always_inline int carry(struct __sk_buff *skb, const __u32 l2)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	if (data + PULL_LEN > end) {
+	if (data + PULL_LEN(l2) > end) {
 		// Headers partly in page fragments (AF_PACKET senders, GRO): pull them into the
 		// linear area direct access sees, as the IP stack does (all of a shorter packet).
-		if (bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN))
+		if (bpf_skb_pull_data(skb, skb->len < PULL_LEN(l2) ? skb->len : PULL_LEN(l2)))
 			return to_stack(skb, 1);
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
 	}
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return to_stack(skb, 0);  // not IPv4: the ip family hooks never see it
-	if (data + L4_OFF + 4 > end)  // up to the UDP ports or an ESP SPI
+	if (l2) {
+		struct ethhdr *eth = data;
+		if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+			return to_stack(skb, 0);  // not IPv4: the ip family hooks never see it
+	} else if (skb->protocol != bpf_htons(ETH_P_IP)) {
+		return to_stack(skb, 0);
+	}
+	if (data + L4_OFF(l2) + 4 > end)  // up to the UDP ports or an ESP SPI
 		return to_stack(skb, 1);
-	struct iphdr *ip = data + IP_OFF;
-	__u8 *l4 = data + L4_OFF;
+	struct iphdr *ip = data + IP_OFF(l2);
+	__u8 *l4 = data + L4_OFF(l2);
 	struct udphdr *udp = (struct udphdr *)l4;
 	__u8 *payload = l4 + sizeof(struct udphdr);
 
@@ -193,25 +204,35 @@ int offload(struct __sk_buff *skb)
 	fib.ipv4_dst = v->inbound ? v->addr : ip->daddr;
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return count(ST_FIB, to_stack(skb, 1));
-	if (fib.ifindex != v->oif)
+	if (fib.ifindex != v->oif || (!l2 && v->oif_l3))
 		return count(ST_OTHER_PORT, to_stack(skb, 1));
 
-	__u32 addr_off = IP_OFF + (v->inbound ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
-	__u32 port_off = L4_OFF + (v->inbound ? offsetof(struct udphdr, dest) : offsetof(struct udphdr, source));
 	__be32 old_addr = v->inbound ? ip->daddr : ip->saddr, new_addr = v->addr;
 	__be16 old_port = v->inbound ? udp->dest : udp->source, new_port = v->port;
 	int is_udp = ip->protocol == IPPROTO_UDP;
 	__u16 old_ttl = *(__u16 *)&ip->ttl;
 	__u16 new_ttl = old_ttl;
 	((__u8 *)&new_ttl)[0] -= 1;
-	__u32 check = IP_OFF + offsetof(struct iphdr, check);
-	__u32 ucheck = L4_OFF + offsetof(struct udphdr, check);
+	__u32 at = l2;  // where IP starts from here on
+	if (!l2) {
+		// From PPP to an Ethernet port: room for its header (zeroed), made before anything
+		// is rewritten so a failure leaves the packet as it came. Pointers are stale after it.
+		if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+			return count(ST_FIB, to_stack(skb, 1));
+		__be16 proto = bpf_htons(ETH_P_IP);
+		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, 2, 0);
+		at = ETH_HLEN;
+	}
+	__u32 addr_off = IP_OFF(at) + (v->inbound ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+	__u32 port_off = L4_OFF(at) + (v->inbound ? offsetof(struct udphdr, dest) : offsetof(struct udphdr, source));
+	__u32 check = IP_OFF(at) + offsetof(struct iphdr, check);
+	__u32 ucheck = L4_OFF(at) + offsetof(struct udphdr, check);
 
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, skb->len);
 
 	bpf_l3_csum_replace(skb, check, old_ttl, new_ttl, 2);
-	bpf_skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, ttl), &new_ttl, 2, 0);
+	bpf_skb_store_bytes(skb, IP_OFF(at) + offsetof(struct iphdr, ttl), &new_ttl, 2, 0);
 	if (old_addr != new_addr) {
 		bpf_l3_csum_replace(skb, check, old_addr, new_addr, 4);
 		if (is_udp)  // a zero UDP checksum (common with NAT-T) stays zero
@@ -222,10 +243,24 @@ int offload(struct __sk_buff *skb)
 		bpf_l4_csum_replace(skb, ucheck, old_port, new_port, BPF_F_MARK_MANGLED_0 | 2);
 		bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0);
 	}
-	bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0);
-	bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0);
+	if (!v->oif_l3) {  // to PPP the kernel takes the Ethernet header off (and PPPoE adds its own)
+		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0);
+		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0);
+	}
 	count(ST_CARRIED, 0);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+SEC("tc")
+int offload(struct __sk_buff *skb)  // Ethernet ports
+{
+	return carry(skb, ETH_HLEN);
+}
+
+SEC("tc")
+int offload_l3(struct __sk_buff *skb)  // ports without a MAC header: a PPP (PPPoE) WAN
+{
+	return carry(skb, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

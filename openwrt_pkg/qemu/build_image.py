@@ -72,6 +72,8 @@ PACKAGES = [
     # the interop matrix's other IPsec implementation (pluto, certutil for its NSS database) and
     # PPTP's client and server (tests/interop)
     "libreswan", "libnss3-tools", "pptpd", "pptp-linux",
+    # the ISP side of a PPPoE WAN (rp-pppoe's pppoe-server; the router's side is pppd's pppoe.so)
+    "pppoe",
 ]
 # Pulled in by apt's closure but useless in a RAM-disk router (maintainer scripts, docs, perl), or
 # replaced by OpenWrt's own tools (kmod: ubox's kmodloader; dash: busybox ash).
@@ -672,7 +674,7 @@ class Builder:
         pkgdb.declare_base_apk(root, base)
 
     ESSENTIAL = ("usr/lib/ipsec/charon", "usr/sbin/swanctl", "usr/sbin/xl2tpd", "usr/sbin/pppd", "usr/libexec/ipsec/pluto",
-                 "usr/sbin/ipsec", "usr/bin/certutil", "usr/sbin/pptpd", "usr/sbin/pptpctrl", "usr/sbin/pptp", "bin/busybox", "usr/bin/python3.11", "sbin/procd", "sbin/init", "sbin/ubusd", "sbin/rpcd", "sbin/netifd", "sbin/uci", "usr/sbin/uhttpd", "usr/bin/ucode", "bin/opkg", "usr/bin/apk", "sbin/logd", "sbin/kmodloader", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
+                 "usr/sbin/ipsec", "usr/bin/certutil", "usr/sbin/pptpd", "usr/sbin/pptpctrl", "usr/sbin/pptp", "usr/sbin/pppoe-server", "usr/sbin/pppoe", "usr/lib/pppd/2.4.9/pppoe.so", "bin/busybox", "usr/bin/python3.11", "sbin/procd", "sbin/init", "sbin/ubusd", "sbin/rpcd", "sbin/netifd", "sbin/uci", "usr/sbin/uhttpd", "usr/bin/ucode", "bin/opkg", "usr/bin/apk", "sbin/logd", "sbin/kmodloader", "usr/sbin/nft", "bin/ip", "sbin/ip", "usr/sbin/conntrack",
                  "lib/x86_64-linux-gnu/libnftables.so.1", "usr/lib/x86_64-linux-gnu/libnftables.so.1")
 
     def precompile(self, root):

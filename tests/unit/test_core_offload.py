@@ -200,3 +200,18 @@ def test_an_entry_made_again_with_another_port_is_not_carried_with_the_old_one()
     assert p.check(pair, None) and not p.check(pair, None)
     p.learn([pair], O.parse_conntrack(new), 3.0)
     assert p.check(pair, O.parse_conntrack(new.replace("[ASSURED]", "[UNREPLIED]"))[0])
+
+
+def test_a_ppp_wan_gets_outbound_entries_without_mac_header():
+    """PPPoE WAN: the WAN port is the ppp device. Outbound entries (to it) say oif_l3, so the
+    program writes no Ethernet header there; inbound ones (to the Ethernet LAN) do not."""
+    v = O.pack_val("203.0.113.1", 4500, False, "ipsec", 9, oif_l3=True)
+    assert len(v) == O.VAL_SIZE and v[12:16] == b"\x01\x00\x00\x00" and O.val_config(v) == v[:16]
+    assert O.pack_val("203.0.113.1", 4500, False, "ipsec", 9)[12:16] == b"\0\0\0\0"
+    f = flow("natt", "192.168.1.20", "203.0.113.20", 0x7001, 4500, 4500)
+    (ok, ov), (ik, iv) = O.flow_entries(f, "203.0.113.101", 4500, 3, 9, wan_l3=True)
+    assert ov == O.pack_val("203.0.113.101", 4500, False, "ipsec", 9, True)
+    assert iv == O.pack_val("192.168.1.20", 4500, True, "ipsec", 3, False)
+    p = O.OffloadPlan(3, 9, wan_l3=True)
+    p.trans[O.flow_pair(f)] = ("203.0.113.101", 4500, (17, ("192.168.1.20", "203.0.113.20", 4500, 4500)))
+    assert p.desired([f]) == {ok: ov, ik: iv}
