@@ -223,7 +223,7 @@ return view.extend({
 		o.default = 'auto';
 
 		o = s.taboption('advanced', form.ListValue, 'offload', _('Data offload'),
-			_('Carry learned VPN data flows in a tc BPF program past the firewall (Ethernet LAN/WAN devices only); Automatic falls back to the firewall path when it cannot load.'));
+			_('Carry learned VPN data flows in a tc BPF program past the firewall (an Ethernet LAN device; an Ethernet or PPPoE WAN device); Automatic falls back to the firewall path when it cannot load.'));
 		o.value('auto', _('Automatic'));
 		o.value('bpf', _('BPF (required)'));
 		o.value('off', _('Off'));
