@@ -236,6 +236,11 @@ def detach(ifindex, lib=None):
     return lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)) == 0
 
 
+def _log_back_to_stack(pair):
+    log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: back to the stack, "
+             "offloaded again from the entry there now", pair[2], pair[4], pair[0])
+
+
 class Offloader:
     """Keeps the flow map in step with the engine's flows and conntrack (see nat/offload.py)."""
 
@@ -327,8 +332,7 @@ class Offloader:
         """The daemon has just read the pair's conntrack entry (None: gone): a translation it no
         longer has stops being carried now, not at the next refresh."""
         if self.plan.check(pair, entry):
-            log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: back to the stack, "
-                     "offloaded again from the entry there now", pair[2], pair[4], pair[0])
+            _log_back_to_stack(pair)
             self._install(self.plan.desired(flows))
 
     def inbound_key(self, flow):
@@ -369,8 +373,7 @@ class Offloader:
                 log.warning("refreshing conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
                 continue
             if not there:
-                log.info("conntrack entry of %s <-> %s (zone %d) is gone or made again: back to the stack, "
-                         "offloaded again from the entry there now", pair[2], pair[4], pair[0])
+                _log_back_to_stack(pair)
                 gone = True
             else:
                 self.refreshed += 1

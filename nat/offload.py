@@ -43,8 +43,7 @@ def pack_key(ifindex, saddr, daddr, ident, sport, dport, proto):
 def pack_val(addr, port, inbound, family, oif, oif_l3=False):
     """oif_l3: the port has no MAC header (a PPP WAN): the program writes none for it."""
     return (ip4_bytes(addr) + struct.pack(">H", port or 0) + struct.pack("BB", 1 if inbound else 0, FAMILY_BITS[family])
-            + struct.pack(_HOST + "I", oif) + struct.pack("BBBB", 1 if oif_l3 else 0, 0, 0, 0)
-            + struct.pack(_HOST + "QQ", 0, 0))
+            + struct.pack(_HOST + "IB3xQQ", oif, 1 if oif_l3 else 0, 0, 0))
 
 
 def val_counters(raw):
