@@ -39,7 +39,7 @@ def inproc(a):
     cfg = Config(base)
     eng = Engine(cfg)
     k = Kernel(cfg)
-    k.backend = "iptables"
+    k.backend = "xt"
     lan, srv = a.lan, a.server
 
     def udp_pkt(src, dst, sport, dport, payload):

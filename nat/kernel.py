@@ -1,5 +1,6 @@
-"""Kernel programming: nftables (libnftables in-process, `nft` CLI as fallback), the iptables
-NFQUEUE rule on kernels without nft_queue, and conntrack teardown. The thin I/O shell around
+"""Kernel programming: nftables (libnftables in-process, `nft` CLI as fallback), the xt NFQUEUE
+rule on kernels without nft_queue (nat/nftnetlink.py), the daemon's heartbeat element, and
+conntrack teardown. The thin I/O shell around
 nat/nftables.py; nothing here decides policy.
 """
 import ctypes
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 
 from nat import nftables as nftx
+from nat import nftnetlink
 
 log = logging.getLogger("passthrough.kernel")
 
@@ -83,6 +85,8 @@ def _iptables():
 
 
 def iptables_queue_spec(cfg):
+    """The NFQUEUE rule of versions before the one-hook layout (iptables' raw PREROUTING,
+    queueing packets classify marked): only deleted now, when an upgrade finds it."""
     if cfg.queue_count > 1:
         target = ["--queue-balance", "%d:%d" % (cfg.queue_num, cfg.queue_num + cfg.queue_count - 1)]
     else:
@@ -113,20 +117,16 @@ class Kernel:
                 return "nft"
             if want == "nft":
                 raise KernelError("nft queue statement unsupported by this kernel (CONFIG_NFT_QUEUE / kmod-nft-queue): %s" % err.strip())
-        if not self.iptables:
-            raise KernelError("no way to queue packets: nft queue unsupported and no iptables (need kmod-nft-queue, "
-                              "or iptables with xt_NFQUEUE)")
-        # Probe the xt NFQUEUE target in a scratch chain.
-        ipt = self.iptables
-        subprocess.run([ipt, "-w", "-t", "raw", "-N", "PASSTHROUGH_PROBE"], capture_output=True)
-        p = subprocess.run([ipt, "-w", "-t", "raw", "-A", "PASSTHROUGH_PROBE", "-p", "253", "-j", "NFQUEUE",
-                            "--queue-num", str(self.cfg.queue_num), "--queue-bypass"], capture_output=True, text=True)
-        subprocess.run([ipt, "-w", "-t", "raw", "-F", "PASSTHROUGH_PROBE"], capture_output=True)
-        subprocess.run([ipt, "-w", "-t", "raw", "-X", "PASSTHROUGH_PROBE"], capture_output=True)
-        if p.returncode != 0:
-            raise KernelError("no way to queue packets: nft queue unsupported and iptables NFQUEUE failed: %s"
-                              % p.stderr.strip())
-        return "iptables"
+        # Probe the xt NFQUEUE target (nft_compat + xt_NFQUEUE) in a scratch chain.
+        self.nft.run("table ip passthrough_probe {\n\tchain q {\n\t}\n}\n")
+        try:
+            nftnetlink.add_queue_rule("passthrough_probe", "q", self.cfg.queue_num)
+        except OSError as e:
+            raise KernelError("no way to queue packets: nft queue unsupported (kmod-nft-queue) and the xt NFQUEUE "
+                              "target refused (nft_compat, xt_NFQUEUE): %s" % e)
+        finally:
+            self.nft.run("delete table ip passthrough_probe")
+        return "xt"
 
     def check_features(self):
         """Fail early with a clear message if conntrack zones / ct timeout / maps are missing."""
@@ -171,11 +171,23 @@ class Kernel:
         return kept
 
     def _install_policy_and_queue_rule(self):
-        """The policy table and, on the iptables backend, exactly one NFQUEUE rule."""
+        """The policy table and, on the xt backend, exactly one NFQUEUE rule in xt_queue."""
         self.apply_policy(self.cfg)
-        if self.backend == "iptables":
-            self._iptables_rule("-D", quiet=True)
-            self._iptables_rule("-I")
+        self._iptables_rule("-D", quiet=True)  # an older version's rule: its marks are gone
+        if self.backend == "xt":
+            self.nft.check("flush chain ip %s %s" % (nftx.TABLE, nftx.XT_QUEUE), "emptying %s" % nftx.XT_QUEUE)
+            try:
+                nftnetlink.add_queue_rule(nftx.TABLE, nftx.XT_QUEUE, self.cfg.queue_num, self.cfg.queue_count)
+            except OSError as e:
+                raise KernelError(str(e))
+
+    def alive(self, on=True):
+        """The daemon's heartbeat (nftables.ALIVE_SET): while it lives, packets are queued;
+        without it (stopped, killed) the fallback maps zone them at once."""
+        if on:
+            self.nft.run("add element ip %s %s { 4 timeout %ds }" % (nftx.TABLE, nftx.ALIVE_SET, nftx.ALIVE_TIMEOUT))
+        else:
+            self.nft.run("flush set ip %s %s" % (nftx.TABLE, nftx.ALIVE_SET))
 
     def reload_chains(self, cfg):
         """Swap the chains for a new config (toggles, devices) without losing map contents.
@@ -186,7 +198,7 @@ class Kernel:
         have = self._chain_names()
         if have is None:
             have = [n for n in nftx.FASTPATH_CHAINS]
-        cmds = ["flush chain ip %s %s" % (nftx.TABLE, n) for n in have]
+        cmds = ["flush chain ip %s %s" % (nftx.TABLE, n) for n in have if n != nftx.XT_QUEUE]
         cmds += ["delete chain ip %s %s" % (nftx.TABLE, n) for n in have if n not in nftx.FASTPATH_CHAINS]
         # Re-declaring the table adds the new rules; the flush above removed the old ones.
         self.nft.check("\n".join(cmds) + "\n" + body, "reloading fast-path chains")
@@ -205,8 +217,7 @@ class Kernel:
         self.nft.run("delete table ip %s" % nftx.TABLE)
         if not keep_policy:
             self.nft.run("delete table inet %s" % nftx.POLICY_TABLE)
-        if self.backend == "iptables" or self.backend is None:
-            self._iptables_rule("-D", quiet=True)
+        self._iptables_rule("-D", quiet=True)
 
     def _iptables_rule(self, verb, quiet=False):
         if not self.iptables:

@@ -1,15 +1,19 @@
 """nftables text for the fast path and the policy: pure functions, no I/O.
 
 Two tables, so that policy outlives the daemon (fail-closed) while queueing fails open:
-- `ip passthrough`: classify (zone known data, queue control/first packets), steer (zone what
-  classify left: control packets, what the daemon just learned), nat_prerouting (first packet
-  of a connection only: VPN UDP conntrack timeout, PPTP helper, fallback map, dnat of new
-  inbound connections in a host's zone to that host), nat_postrouting (first packet only: a
-  NAT-T flow given a distinct external port by option natt_ports, nat/mapping.NattPorts).
-  Priorities: classify raw-10 (-310, before iptables-nft raw at -300 which holds the NFQUEUE
-  rule on kernels without nft_queue), steer -250 (after the queue, before conntrack at -200),
-  nat -110 (before fw4's dstnat at -100), nat_postrouting srcnat-1 (99: the first nat chain
-  that translates a connection wins, so it goes before fw4's masquerade at 100).
+- `ip passthrough`: classify, its one per-packet hook (raw-10, -310, before conntrack at -200):
+  everything that cannot be VPN leaves at its head (GATE); known data is zoned by one lookup;
+  control and first packets are queued, and the daemon's verdict (NF_REPEAT with mark_bit set)
+  runs classify again, which now finds what the daemon learned or zones the packet in steer_out
+  / steer_in (the host's zone, the fallback maps). nat_prerouting (first packet of a connection
+  only: VPN UDP conntrack timeout, PPTP helper, fallback map, dnat of new inbound connections in
+  a host's zone to that host), nat_postrouting (first packet only: a NAT-T flow given a distinct
+  external port by option natt_ports, nat/mapping.NattPorts). Priorities: nat -110 (before fw4's
+  dstnat at -100), nat_postrouting srcnat-1 (99: the first nat chain that translates a
+  connection wins, so it goes before fw4's masquerade at 100). Queueing: the nft `queue`
+  statement, or on kernels without nft_queue the xt NFQUEUE target in chain xt_queue
+  (nat/nftnetlink.py). Only while the daemon's heartbeat element in set `alive` lives: a dead
+  daemon's packets are zoned by the fallback maps at once, not queued to nobody.
 - `inet passthrough_policy`: forward-hook drops for families switched off.
 
 Payload offsets (@th = transport header, bits): UDP payload starts at 64. IKE initiator SPI is
@@ -60,8 +64,22 @@ POLICY_DROPS = {
 }
 
 
+# The head of classify: everything that cannot be VPN leaves the hook here, before any per-device
+# or per-protocol rule. Cheapest test first (bench/floor.py, "other traffic"): TCP, the bulk,
+# after one compare (PPTP's control connection needs nothing here: its helper is attached in
+# nat_prerouting, for a connection's first packet only); then what is neither UDP nor ESP;
+# then UDP with no VPN port on either side.
+GATE = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",
+        "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
+
+
 def quote_dev(name):
     return '"%s"' % name
+
+
+ALIVE_SET = "alive"  # the daemon's heartbeat: one element (4, `ip version`) with a timeout
+ALIVE_TIMEOUT = 3    # seconds; the daemon refreshes it every second
+XT_QUEUE = "xt_queue"  # holds the xt NFQUEUE rule (backend "xt"); never flushed by a reload
 
 
 def queue_stmt(cfg, backend):
@@ -70,8 +88,8 @@ def queue_stmt(cfg, backend):
         if cfg.queue_count > 1:
             return "queue flags bypass,fanout to %d-%d" % (cfg.queue_num, cfg.queue_num + cfg.queue_count - 1)
         return "queue flags bypass to %d" % cfg.queue_num
-    # No nft_queue in the kernel: mark here, iptables' raw PREROUTING (-300) queues marked packets.
-    return "meta mark set meta mark | 0x%08x return" % cfg.mark_bit
+    # No nft_queue in the kernel: the xt NFQUEUE target (nat/nftnetlink.py adds it).
+    return "goto %s" % XT_QUEUE
 
 
 def _vpn_to(chain, ipsec):
@@ -83,20 +101,20 @@ def _vpn_to(chain, ipsec):
 
 
 def render_fastpath(cfg, backend, prefilter=None):
-    """The fast-path table. Per-packet cost matters: every VPN data packet crosses classify and
-    steer, and on a retpoline kernel each nft expression costs 5-50 ns, a set lookup 50-100 ns
-    (bench/README.md). So a known data packet does one map lookup in classify (key -> zone, then
-    `accept`, which ends only this hook) and one mark test in steer; everything that needs more
-    (control packets, unknown keys) carries the steer bit; the per-connection work (ct timeout,
-    pptp helper, fallback map) sits in the nat chain, which runs only for a connection's first
-    packet. Measured in the lab (bench/run.py): the first layout, a mangle hook doing a map
+    """The fast-path table. Per-packet cost matters: every forwarded packet crosses classify,
+    and on a retpoline kernel each nft expression costs 5-50 ns, a set lookup 50-100 ns
+    (bench/README.md). So other traffic leaves at the GATE, a known data packet does one map
+    lookup (key -> zone, then `accept`, which ends the hook), and only control packets and
+    unknown keys go further; the per-connection work (ct timeout, pptp helper, fallback map)
+    sits in the nat chain, which runs only for a connection's first packet. Every way to the
+    queue passes a test of mark_bit first: a packet the daemon has answered is zoned, never
+    queued again. Measured in the lab (bench/run.py): the first layout, a mangle hook doing a map
     update per packet and a dozen `iifname` rules per chain, cost 30-40% of the kernel-only rate.
 
     prefilter: the ifindexes where the BPF offload program (nat/bpf/offload.c) is attached; it
     sets the steer bit on every packet that may be VPN and goes on to the stack. Classify then
-    lets everything else (TCP, ICMP, other UDP) from those ports go after one mark test instead
-    of walking its protocol rules, and clears the bit on the rest, whose rules set it again
-    where needed. By ifindex, not name: a port re-created under the same name (PPPoE
+    lets everything else (TCP, ICMP, other UDP) from those ports go after one mark test, and
+    clears the bit on the rest. By ifindex, not name: a port re-created under the same name (PPPoE
     reconnect) has no program until the daemon attaches one, and must not skip classify.
     """
     lan, wan = quote_dev(cfg.lan_device), quote_dev(cfg.wan_device)
@@ -111,6 +129,7 @@ def render_fastpath(cfg, backend, prefilter=None):
         extra = " counter;" if name in COUNTED else ""
         out.append("\tmap %s { %s;%s }" % (name, KEY_TYPES[name], extra))
     out.append("\tset %s { typeof ip saddr; size 65535; flags dynamic,timeout; timeout 60s; }" % FLOOD_SET)
+    out.append("\tset %s { typeof ip version; flags timeout; }" % ALIVE_SET)
     for name in sorted(KEYSET):
         out.append("\tset %s { %s; }" % (KEYSET[name], KEY_TYPES[name].split(" : ")[0]))
     # Kernel-learned fallback (remote, ports) -> zone of the host that last sent there: the
@@ -123,15 +142,18 @@ def render_fastpath(cfg, backend, prefilter=None):
     out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
     if prefilter:
         for ifindex in prefilter:
-            out.append("\t\tmeta iif %d meta mark & 0x%08x == 0 accept" % (ifindex, cfg.steer_mark_bit))
+            # (a packet back from the daemon carries mark_bit instead: the steer bit is gone)
+            out.append("\t\tmeta iif %d meta mark & 0x%08x == 0 accept" % (ifindex, cfg.steer_mark_bit | cfg.mark_bit))
         out.append("\t\tmeta mark set meta mark & 0x%08x" % (0xFFFFFFFF ^ cfg.steer_mark_bit))
-    out.append("\t\tiifname %s jump classify_out" % lan)
-    out.append("\t\tiifname %s jump classify_in" % wan)
+    out.extend("\t\t" + r for r in GATE)
+    out.append("\t\tiifname %s goto classify_out" % lan)
+    out.append("\t\tiifname %s goto classify_in" % wan)
     out.append("\t}")
 
-    # Every VPN packet that is not known data gets the steer bit: the steer chain zones it after
-    # the queue (the daemon may just have learned its key) and skips everything else at once.
-    steer = "meta mark set meta mark | 0x%08x" % cfg.steer_mark_bit
+    seen = "meta mark & 0x%08x != 0" % cfg.mark_bit  # answered by the daemon (NF_REPEAT)
+    if backend != "nft":
+        out.append("\tchain %s {\n\t}" % XT_QUEUE)
+    alive = "ip version @%s" % ALIVE_SET
     zone_lan = "ct zone set ip saddr map @%s" % LAN_ZONE
     co = []
     # Data of known flows first, one map lookup each: zoned right here and out of the chain.
@@ -146,19 +168,26 @@ def render_fastpath(cfg, backend, prefilter=None):
     out.extend("\t\t" + r for r in co)
     out.append("\t}")
 
-    cv = [steer]
+    # After the daemon's answer, or with nothing to learn: the host's zone (steer_out).
+    cv = ["%s goto steer_out" % seen]
+    qo = "goto queue_out"
     # First VPN packet of a LAN host: the daemon gives the host its zone.
-    cv.append("ip saddr != @%s %s" % (KEYSET[LAN_ZONE], q))
+    cv.append("ip saddr != @%s %s" % (KEYSET[LAN_ZONE], qo))
     if ipsec:
-        cv.append("udp dport 500 %s" % q)  # IKE: learn initiator SPIs
-        cv.append("udp dport 4500 udp length > 12 @th,64,32 0 %s" % q)  # IKE after non-ESP marker
-        cv.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_OUT], q))
-        cv.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_OUT], q))
+        cv.append("udp dport 500 %s" % qo)  # IKE: learn initiator SPIs
+        cv.append("udp dport 4500 udp length > 12 @th,64,32 0 %s" % qo)  # IKE after non-ESP marker
+        cv.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_OUT], qo))
+        cv.append("meta l4proto esp ip saddr . @th,0,32 != @%s %s" % (KEYSET[ESP_OUT], qo))
     if l2tp:
-        cv.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # control (T bit)
-        cv.append("udp sport 1701 @th,64,8 & 0x80 == 0x80 %s" % q)  # LNS moved to another port
+        cv.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % qo)  # control (T bit)
+        cv.append("udp sport 1701 @th,64,8 & 0x80 == 0x80 %s" % qo)  # LNS moved to another port
+    cv.append("goto steer_out")
     out.append("\tchain classify_out_vpn {")
     out.extend("\t\t" + r for r in cv)
+    out.append("\t}")
+    out.append("\tchain queue_out {")
+    out.append("\t\t%s %s" % (alive, q))
+    out.append("\t\tgoto steer_out")
     out.append("\t}")
 
     ci = []
@@ -184,13 +213,13 @@ def render_fastpath(cfg, backend, prefilter=None):
         # the rest (IKE, keepalives) by the port. A port that is not ours goes the usual way.
         cn = ["ip saddr . udp dport != @%s goto classify_in_vpn" % KEYSET[NATT_IN]]
         cn.append("udp length > 16 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
-        cn.append("udp length > 16 @th,64,32 != 0 %s goto queue_in" % steer)
-        cn.append("ct zone set ip saddr . udp dport map @%s accept" % NATT_IN)
+        cn.append("udp length > 16 @th,64,32 != 0 meta mark & 0x%08x == 0 goto queue_in" % cfg.mark_bit)
+        cn.append("goto steer_in")
         out.append("\tchain classify_in_natt {")
         out.extend("\t\t" + r for r in cn)
         out.append("\t}")
 
-    cw = [steer]
+    cw = ["%s goto steer_in" % seen]
     if ipsec:
         cw.append("udp dport 500 udp length > 24 ip saddr . @th,64,64 != @%s %s" % (KEYSET[IKE_ZONE], qi))
         cw.append("udp dport 4500 udp length > 16 @th,64,32 != 0 ip saddr . @th,64,32 != @%s %s" % (KEYSET[ESP_ZONE], qi))
@@ -200,34 +229,26 @@ def render_fastpath(cfg, backend, prefilter=None):
         cw.append("udp dport 1701 @th,64,8 & 0xc0 == 0x00 ip saddr . @th,80,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
         cw.append("udp dport 1701 @th,64,8 & 0x80 == 0x80 %s" % qi)
         cw.append("udp dport 1701 @th,64,8 & 0xc0 == 0x40 ip saddr . @th,96,16 != @%s %s" % (KEYSET[L2TP_ZONE], qi))
+    cw.append("goto steer_in")
     out.append("\tchain classify_in_vpn {")
     out.extend("\t\t" + r for r in cw)
     out.append("\t}")
     out.append("\tchain queue_in {")
-    out.append("\t\tupdate @%s { ip saddr limit rate over %d/second burst %d packets } accept" % (
+    out.append("\t\tupdate @%s { ip saddr limit rate over %d/second burst %d packets } goto steer_in" % (
         FLOOD_SET, cfg.queue_limit_source, 2 * cfg.queue_limit_source))
-    out.append("\t\tlimit rate over %d/second burst %d packets accept" % (cfg.queue_limit_total, 2 * cfg.queue_limit_total))
-    out.append("\t\t%s" % q)
+    out.append("\t\tlimit rate over %d/second burst %d packets goto steer_in" % (
+        cfg.queue_limit_total, 2 * cfg.queue_limit_total))
+    out.append("\t\t%s %s" % (alive, q))
+    out.append("\t\tgoto steer_in")
     out.append("\t}")
-
-    out.append("\tchain steer {")
-    out.append("\t\ttype filter hook prerouting priority -250; policy accept;")
-    # Known data was zoned in classify and carries no steer bit: one cheap test and out.
-    out.append("\t\tmeta mark & 0x%08x == 0 accept" % cfg.steer_mark_bit)
-    clear = cfg.steer_mark_bit | (cfg.mark_bit if backend != "nft" else 0)
-    out.append("\t\tmeta mark set meta mark & 0x%08x" % (0xFFFFFFFF ^ clear))
-    if lan != wan:
-        out.append("\t\tiifname vmap { %s : jump steer_out, %s : jump steer_in }" % (lan, wan))
-    else:
-        out.append("\t\tiifname %s jump steer_out" % lan)
-    out.append("\t}")
+    clear = "meta mark set meta mark & 0x%08x" % (0xFFFFFFFF ^ cfg.mark_bit)
 
     # LAN -> WAN: the zone of the LAN source. Control packets (IKE, NAT-T keepalives, L2TP
     # control: rare, but at least every minute on a live tunnel) also refresh the fallback map
     # (`ct zone` here reads the zone just set on the packet's conntrack template).
     fb_udp = "update @%s { ip daddr . udp dport . udp sport : ct zone }" % FALLBACK_UDP
     fb_esp = "update @%s { ip daddr : ct zone }" % FALLBACK_ESP
-    so = []
+    so = [clear]
     so.append("udp dport 4500 @th,64,32 != 0 %s accept" % zone_lan)  # ESP-in-UDP data
     so.append("udp dport 1701 @th,64,8 & 0x80 == 0x00 %s accept" % zone_lan)  # L2TP data
     so.append("meta l4proto esp %s accept" % zone_lan)
@@ -240,7 +261,7 @@ def render_fastpath(cfg, backend, prefilter=None):
 
     # WAN -> LAN: the zone learned for the packet's demux key; the fallback map last (only when
     # no exact key matched: `accept` ends the chain after the first zone set).
-    si = []
+    si = [clear]
     # A distinct NAT-T port first: the port decides (queued new SPIs, flood-limited packets).
     si.append("udp sport 4500 udp dport != 4500 ct zone set ip saddr . udp dport map @%s accept" % NATT_IN)
     si.append("udp dport 4500 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @%s accept" % ESP_ZONE)
@@ -282,9 +303,9 @@ def render_fastpath(cfg, backend, prefilter=None):
 
 
 # Chains of older layouts: reload_chains deletes them when a kept table still has them.
-FASTPATH_CHAINS = ("classify", "classify_out", "classify_out_vpn", "classify_in", "classify_in_natt",
-                   "classify_in_vpn", "queue_in", "steer", "steer_out", "steer_in", "nat_prerouting",
-                   "nat_postrouting")
+FASTPATH_CHAINS = ("classify", "classify_out", "classify_out_vpn", "queue_out", "classify_in", "classify_in_natt",
+                   "classify_in_vpn", "queue_in", "steer_out", "steer_in", "nat_prerouting",
+                   "nat_postrouting", XT_QUEUE)
 
 
 def render_policy(cfg):

@@ -198,7 +198,7 @@ def build_parser():
     p = sub.add_parser("render", help="print the nft ruleset (policy table or fast path) for a config")
     with_config(p)
     p.add_argument("what", choices=["policy", "fastpath"])
-    p.add_argument("--backend", choices=["nft", "iptables"], default="nft")
+    p.add_argument("--backend", choices=["nft", "xt"], default="nft")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("lab", help="namespace lab: up | down | demo")

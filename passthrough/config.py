@@ -56,7 +56,9 @@ INT_OPTIONS = {
 }
 CHOICE_OPTIONS = {
     "log_level": ("debug", "info", "notice", "warning", "err", "error"),
-    "queue_backend": ("auto", "nft", "iptables"),
+    # xt: the x_tables NFQUEUE target in passthrough's own chain, for kernels without nft_queue
+    # ("iptables", the name of the older way, still means it)
+    "queue_backend": ("auto", "nft", "xt", "iptables"),
     "offload": ("auto", "bpf", "off"),  # BPF fast path for learned data flows (nat/bpf.py)
     # NAT-T source ports of LAN hosts sharing a server: all keep 4500 (told apart by SPI), or
     # the first keeps 4500 and later ones get ports of their own (servers keying by address+port)
@@ -160,7 +162,7 @@ def validate(values):
         elif k in CHOICE_OPTIONS:
             if not isinstance(v, str) or v not in CHOICE_OPTIONS[k]:
                 raise ConfigError("option %s: %r is not one of %s" % (k, v, ", ".join(CHOICE_OPTIONS[k])))
-            out[k] = v
+            out[k] = "xt" if (k, v) == ("queue_backend", "iptables") else v
         elif k in ("lan_device", "wan_device"):
             out[k] = _devname(k, v)
         elif k in STR_OPTIONS:

@@ -1,8 +1,12 @@
 """`passthrough run`: the NFQUEUE consumer. A thin I/O shell around passthrough.engine.
 
-Per queued packet: decode (pure parser) -> engine.handle -> apply kernel ops -> accept.
-Every verdict is accept: policy is enforced by static kernel rules, so nothing here can drop a
-VPN by mistake, and any exception is logged and answered with accept (fail-open forwarding).
+Per queued packet: decode (pure parser) -> engine.handle -> apply kernel ops -> verdict.
+Every verdict lets the packet go on: NF_REPEAT with option mark_bit set, so classify runs again
+and zones it by what was just learned (nat/nftables.py); policy is enforced by static kernel
+rules, so nothing here can drop a VPN by mistake, and any exception is logged and answered the
+same way (fail-open forwarding). While it runs, the daemon keeps its heartbeat element in the
+kernel (Kernel.alive): without it, classify zones packets by the fallback maps instead of
+queueing them.
 """
 import ctypes
 import errno
@@ -205,6 +209,7 @@ class Daemon:
                 self._adopt()
         self._start_offload(at_start=True)
         self._bind_queues()
+        self.kernel.alive()  # queues bound: packets may be queued from now on
         self._open_control()
 
     # --- BPF offload (nat/bpf.py) --------------------------------------------------------------------
@@ -377,6 +382,8 @@ class Daemon:
     def stop(self, keep_kernel=False):
         """keep_kernel: a start that failed leaves the kernel as it found it (a table kept from
         a crashed run carries established VPNs; another running daemon owns its rules)."""
+        if not keep_kernel:
+            self.kernel.alive(False)  # nobody to queue to: the fallback maps zone packets now
         for r in self.readers:
             r.close()
         self.readers = []
@@ -425,7 +432,10 @@ class Daemon:
                 log.exception("error handling a queued packet (#%d); accepted unchanged", self.errors)
         finally:
             try:
-                pkt.accept()
+                # Again through classify, which now knows what the daemon learned; the mark
+                # keeps it out of the queue this time.
+                pkt.set_mark(pkt.get_mark() | self.cfg.mark_bit)
+                pkt.repeat()
             except Exception:  # noqa: BLE001
                 pass
 
@@ -517,6 +527,7 @@ class Daemon:
                 self.kernel.remove()
             elif not old.enabled:
                 self.kernel.install(self.kernel.backend)
+                self.kernel.alive()
             else:
                 self.kernel.apply_policy(new)  # policy first: a family switched off is blocked at once
                 self.kernel.reload_chains(new)
@@ -625,6 +636,8 @@ class Daemon:
                 # A port re-created under its name (PPPoE reconnect) lost the offload program
                 # and has a new ifindex: notice it without waiting for one of its packets.
                 self._resolve_devices(quiet=True)
+                if self.cfg.enabled:
+                    self.kernel.alive()
                 self._apply(self.engine.expire(now))
                 self._offload_sync(now)
         log.info("stopping")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from passthrough.cli import ask
 from passthrough.lab.peers import wait_for
@@ -145,6 +146,18 @@ class LabRun:
     def kill_daemon(self):
         """SIGKILL: no cleanup runs, the kernel keeps every rule and map (the fault case)."""
         return self.stop_daemon(signal.SIGKILL)
+
+    def wait_heartbeat_gone(self, timeout=10.0):
+        """After a kill: wait until the daemon's heartbeat element (set `alive`) has timed out,
+        i.e. classify zones by the fallback maps instead of queueing to nobody."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            p = subprocess.run(["ip", "netns", "exec", self.lab.router, "nft", "list", "set", "ip", "passthrough",
+                                "alive"], capture_output=True, text=True)
+            if p.returncode == 0 and "elements" not in p.stdout:
+                return True
+            time.sleep(0.2)
+        raise AssertionError("heartbeat element still there %.0f s after the kill" % timeout)
 
     def log_tail(self, n=30):
         try:

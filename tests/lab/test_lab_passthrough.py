@@ -264,9 +264,11 @@ def test_daemon_killed_established_flows_continue_policy_holds(fresh):
     assert [r["replies"] for r in res] == [20, 20], "established ESP broke without the daemon: %s" % res
     blocked = fresh.client(0, "l2tp", "--server", srv, "--tid", 700, "--count", 3, "--setup-timeout", 2)
     assert blocked["replies"] == 0 and blocked.get("error") == "no SCCRP", blocked
-    # A new IKE SA without a daemon: its SPI is unknown to the kernel, the queue is bypassed
-    # (fail-open) and the kernel-learned fallback (remote, ports) -> zone routes the replies,
-    # i.e. plain-NAT behaviour (unambiguous here: no other host used this source port).
+    # A new IKE SA without a daemon: its SPI is unknown to the kernel; once the daemon's
+    # heartbeat has timed out nothing is queued and the kernel-learned fallback (remote, ports)
+    # -> zone routes the replies, i.e. plain-NAT behaviour (unambiguous here: no other host
+    # used this source port).
+    fresh.wait_heartbeat_gone()
     single = fresh.client(0, "ike", "--server", srv, "--sport", 40500, "--spi", hex(0x17100), "--count", 3)
     assert single["replies"] == 3, single
     # Restart: the daemon re-adopts the flows the kernel kept.

@@ -16,12 +16,36 @@ def test_policy_drops_follow_toggles():
 
 
 def test_backends_queue_statement():
+    """Queued only while the daemon's heartbeat lives; otherwise zoned at once (steer_*)."""
     cfg = Config({"queue_num": "5"})
-    assert "queue flags bypass to 5" in N.render_fastpath(cfg, "nft")
-    ipt = N.render_fastpath(cfg, "iptables")
-    assert "queue" not in ipt.replace("queue_", "") and "meta mark set meta mark | 0x10000000 return" in ipt
+    nft = N.render_fastpath(cfg, "nft")
+    for name, steer in (("queue_out", "steer_out"), ("queue_in", "steer_in")):
+        rules = [l.strip() for l in chain(nft, name).strip().splitlines()]
+        assert rules[-2:] == ["ip version @alive queue flags bypass to 5", "goto " + steer], rules
+    assert "\tset alive { typeof ip version; flags timeout; }" in nft and "xt_queue" not in nft
+    xt = N.render_fastpath(cfg, "xt")
+    assert "queue flags" not in xt and "ip version @alive goto xt_queue" in chain(xt, "queue_out")
+    assert chain(xt, "xt_queue").strip() == ""  # its one rule comes from nat/nftnetlink.py
     fan = N.render_fastpath(Config({"queue_num": "5", "queue_count": "3"}), "nft")
     assert "queue flags bypass,fanout to 5-7" in fan
+    assert Config({"queue_backend": "iptables"}).queue_backend == "xt"  # the older name
+
+
+def test_one_hook_and_no_way_back_into_the_queue():
+    """classify is the only per-packet hook; a packet the daemon answered (mark_bit) is zoned,
+    never queued again: every chain that leads to a queue tests the bit first."""
+    for backend in ("nft", "xt"):
+        r = N.render_fastpath(Config({"mark_bit": "0x1000", "natt_ports": "distinct"}), backend)
+        hooks = [l.strip() for l in r.splitlines() if " hook " in l]
+        assert [h for h in hooks if "type filter" in h] == ["type filter hook prerouting priority -310; policy accept;"]
+        assert "chain steer {" not in r
+        for name, steer in (("classify_out_vpn", "steer_out"), ("classify_in_vpn", "steer_in")):
+            rules = [l.strip() for l in chain(r, name).strip().splitlines()]
+            assert rules[0] == "meta mark & 0x00001000 != 0 goto " + steer and rules[-1] == "goto " + steer
+        natt = chain(r, "classify_in_natt")
+        assert "meta mark & 0x00001000 == 0 goto queue_in" in natt
+        for name in ("steer_out", "steer_in"):  # the bit does not leave with the packet
+            assert chain(r, name).strip().splitlines()[0].strip() == "meta mark set meta mark & 0xffffefff"
 
 
 def chain(text, name):
@@ -38,22 +62,15 @@ def test_toggles_remove_classify_rules():
     assert "esp_zone" not in chain(r, "classify_in") and "esp_out" not in chain(r, "classify_out")
 
 
-def test_data_fast_path_one_lookup_and_steer_gate():
-    """Known data: one map lookup in classify and out; steer lets it pass after one mark test.
-    Everything that goes on to the learning chains gets the steer bit first."""
+def test_data_fast_path_one_lookup():
+    """Known data: one map lookup in classify and out of the hook."""
     cfg = Config({"steer_mark_bit": "0x40000000"})
-    r = N.render_fastpath(cfg, "iptables")
+    r = N.render_fastpath(cfg, "xt")
     out = chain(r, "classify_out").strip().splitlines()
     assert out[0].strip() == "udp dport 4500 ct zone set ip saddr . @th,64,32 map @esp_out accept"
     assert out[1].strip() == "meta l4proto esp ct zone set ip saddr . @th,0,32 map @esp_out accept"
     assert chain(r, "classify_in").strip().splitlines()[0].strip() == \
         "udp dport 4500 ct zone set ip saddr . @th,64,32 map @esp_zone accept"
-    for name in ("classify_out_vpn", "classify_in_vpn"):
-        assert chain(r, name).strip().splitlines()[0].strip() == "meta mark set meta mark | 0x40000000"
-    steer = chain(r, "steer").strip().splitlines()
-    assert steer[1].strip() == "meta mark & 0x40000000 == 0 accept"
-    assert steer[2].strip() == "meta mark set meta mark & 0xafffffff"  # steer bit and queue bit cleared
-    assert "meta mark set meta mark & 0xbfffffff" in N.render_fastpath(cfg, "nft")  # no queue bit there
     assert "counter" not in r.split("map lan_zone {")[1].split("}")[0]
 
 
@@ -61,14 +78,14 @@ def test_queue_limits_from_config():
     r = N.render_fastpath(Config({"queue_limit_source": "50", "queue_limit_total": "400"}), "nft")
     queue_in = r.split("chain queue_in {")[1].split("\n\t}")[0]
     assert "limit rate over 50/second burst 100 packets" in queue_in
-    assert "limit rate over 400/second burst 800 packets accept" in queue_in
+    assert "limit rate over 400/second burst 800 packets goto steer_in" in queue_in
     assert "limit rate over 100/second" in N.render_fastpath(Config({}), "nft")
 
 
 def test_udp_timeout_and_devices():
     r = N.render_fastpath(Config({"udp_timeout": "300", "lan_device": "lan0", "wan_device": "eth1"}), "nft")
     assert "unreplied : 300, replied : 300" in r
-    assert 'iifname "lan0" jump classify_out' in r and 'iifname "eth1" jump classify_in' in r
+    assert 'iifname "lan0" goto classify_out' in r and 'iifname "eth1" goto classify_in' in r
 
 
 def test_classify_tests_key_sets_not_maps():
@@ -96,21 +113,31 @@ def test_render_ops():
 
 def test_prefilter_only_with_the_offload_program():
     cfg = Config({})
-    plain = chain(N.render_fastpath(cfg, "iptables"), "classify")
+    plain = chain(N.render_fastpath(cfg, "xt"), "classify")
     assert "meta mark" not in plain
-    pre = chain(N.render_fastpath(cfg, "iptables", prefilter=(7, 9)), "classify").split("\n")
+    pre = chain(N.render_fastpath(cfg, "xt", prefilter=(7, 9)), "classify").split("\n")
     # first the mark test the program's marks make possible (only on the ports that carry the
     # program, by ifindex), then the bit cleared for the rules
-    assert pre[2].strip() == "meta iif 7 meta mark & 0x20000000 == 0 accept", pre
-    assert pre[3].strip() == "meta iif 9 meta mark & 0x20000000 == 0 accept", pre
+    # (nor mark_bit: a packet the daemon answered comes back through classify without the steer bit)
+    assert pre[2].strip() == "meta iif 7 meta mark & 0x30000000 == 0 accept", pre
+    assert pre[3].strip() == "meta iif 9 meta mark & 0x30000000 == 0 accept", pre
     assert pre[4].strip() == "meta mark set meta mark & 0xdfffffff", pre
-    assert "jump classify_out" in pre[5]
+    assert [l.strip() for l in pre[5:8]] == list(N.GATE) and "goto classify_out" in pre[8]
+
+
+def test_other_traffic_leaves_classify_first():
+    """TCP, other protocols and UDP without a VPN port on either side leave at the head of
+    classify, before the per-device jumps (what the rest of a home's traffic pays)."""
+    rules = [l.strip() for l in chain(N.render_fastpath(Config({}), "nft"), "classify").strip().splitlines()]
+    assert rules[1:4] == ["meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",
+                          "udp dport != { 500, 4500, 1701 } udp sport != { 500, 4500, 1701 } accept"]
+    assert rules[4].startswith("iifname")
 
 
 def test_natt_ports_maps_chains_and_postrouting():
     """natt_ports: the nat chain masquerades a host's first NAT-T packet to its distinct port
     before fw4's masquerade (100); replies to such a port are zoned by it."""
-    for backend in ("nft", "iptables"):
+    for backend in ("nft", "xt"):
         r = N.render_fastpath(Config({"natt_ports": "distinct", "wan_device": "eth1"}), backend)
         assert "\tmap natt_out { typeof ip saddr . ip daddr : udp sport; }" in r
         assert "\tmap natt_in { typeof ip saddr . udp dport : ct zone; }" in r
@@ -125,9 +152,9 @@ def test_natt_ports_maps_chains_and_postrouting():
         assert natt == [
             "ip saddr . udp dport != @natt_in_k goto classify_in_vpn",
             "udp length > 16 @th,64,32 != 0 ct zone set ip saddr . @th,64,32 map @esp_zone accept",
-            "udp length > 16 @th,64,32 != 0 meta mark set meta mark | 0x20000000 goto queue_in",
-            "ct zone set ip saddr . udp dport map @natt_in accept"]
-        assert chain(r, "steer_in").strip().splitlines()[0].strip() == \
+            "udp length > 16 @th,64,32 != 0 meta mark & 0x10000000 == 0 goto queue_in",
+            "goto steer_in"]
+        assert chain(r, "steer_in").strip().splitlines()[1].strip() == \
             "udp sport 4500 udp dport != 4500 ct zone set ip saddr . udp dport map @natt_in accept"
     # The same rules in every mode (elements decide; a switch keeps live ports working), none
     # of the 4500 ones with IPsec off.

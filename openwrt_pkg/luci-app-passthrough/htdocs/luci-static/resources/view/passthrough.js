@@ -216,10 +216,10 @@ return view.extend({
 		o.placeholder = '256';
 
 		o = s.taboption('advanced', form.ListValue, 'queue_backend', _('Queue backend'),
-			_('How control packets reach the daemon: the nft queue statement or iptables NFQUEUE. A change needs a service restart.'));
+			_('How control packets reach the daemon: the nft queue statement, or the xt NFQUEUE target on kernels without kmod-nft-queue. A change needs a service restart.'));
 		o.value('auto', _('Automatic'));
 		o.value('nft', 'nft queue');
-		o.value('iptables', 'iptables NFQUEUE');
+		o.value('xt', 'xt NFQUEUE');
 		o.default = 'auto';
 
 		o = s.taboption('advanced', form.ListValue, 'offload', _('Data offload'),
