@@ -185,7 +185,13 @@ class Kernel:
         """The daemon's heartbeat (nftables.ALIVE_SET): while it lives, packets are queued;
         without it (stopped, killed) the fallback maps zone them at once."""
         if on:
-            self.nft.run("add element ip %s %s { 4 timeout %ds }" % (nftx.TABLE, nftx.ALIVE_SET, nftx.ALIVE_TIMEOUT))
+            elem = "element ip %s %s { 4 timeout %ds }" % (nftx.TABLE, nftx.ALIVE_SET, nftx.ALIVE_TIMEOUT)
+            # Adding an element that exists does not renew its timeout (6.1 and 6.18 alike), so
+            # it would lapse every few seconds: renew it by delete and add in one transaction,
+            # which the packet path sees at once. Gone already (first start, a stall): add it.
+            ok, _, _ = self.nft.run("delete element ip %s %s { 4 }\nadd %s\n" % (nftx.TABLE, nftx.ALIVE_SET, elem))
+            if not ok:
+                self.nft.run("add " + elem)
         else:
             self.nft.run("flush set ip %s %s" % (nftx.TABLE, nftx.ALIVE_SET))
 

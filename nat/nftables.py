@@ -78,7 +78,7 @@ def quote_dev(name):
 
 
 ALIVE_SET = "alive"  # the daemon's heartbeat: one element (4, `ip version`) with a timeout
-ALIVE_TIMEOUT = 3    # seconds; the daemon refreshes it every second
+ALIVE_TIMEOUT = 5    # seconds; the daemon renews it every second (a busy loop may stall)
 XT_QUEUE = "xt_queue"  # holds the xt NFQUEUE rule (backend "xt"); never flushed by a reload
 
 

@@ -4,6 +4,7 @@ One lab for the module; every test sets the config it needs and uses SPIs / tunn
 own, so tests do not depend on each other's leftovers.
 """
 import json
+import re
 import subprocess
 import time
 
@@ -251,6 +252,22 @@ def test_bad_config_value_keeps_last_good(fresh):
     res = fresh.client(0, "l2tp", "--server", fresh.lab.server_ip(0), "--tid", 600, "--count", 3)
     assert res["replies"] == 3, res
     assert "reload refused" in fresh.log_tail(50)
+
+
+def test_heartbeat_element_is_renewed_while_the_daemon_runs(fresh):
+    """Queueing is gated by the daemon's heartbeat element (set `alive`, a 5 s timeout). Adding
+    an element that exists does not renew its timeout, so a daemon that only re-adds it leaves
+    gaps in which nothing is queued (a new tunnel's first packets pass unseen): it must be
+    there, with most of its timeout left, at every look for 8 s."""
+    left = []
+    for _ in range(16):
+        out = subprocess.run(["ip", "netns", "exec", fresh.lab.router, "nft", "list", "set", "ip", "passthrough",
+                              "alive"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"expires (?:(\d+)s)?(?:(\d+)ms)?", out)
+        assert m, "heartbeat element missing: %s" % out
+        left.append(int(m.group(1) or 0) + int(m.group(2) or 0) / 1000.0)
+        time.sleep(0.5)
+    assert min(left) > 2.5, "heartbeat not renewed every second: seconds left %s" % left
 
 
 def test_daemon_killed_established_flows_continue_policy_holds(fresh):
