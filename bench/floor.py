@@ -30,12 +30,13 @@ A third series prices what ordinary traffic (plain UDP and TCP, no VPN, 100 B, u
 pays for each hook passthrough has or had, one piece at a time in the kernel-only lab:
   hook        an empty prerouting base chain at -310
   gate        that chain with a gate for other traffic (GATE below: TCP, not UDP/ESP, UDP
-              without a VPN port), the head of the one-hook layout tried in dd7899d
-  ipt_hook    the iptables backend's raw PREROUTING NFQUEUE rule (-300, one mark test; the
-              rule nat/kernel.py installs on kernels without nft_queue)
-  steer_hook  passthrough's second nft hook (-250, one mark test)
+              without a VPN port), the head of classify (nat/nftables.py, one hook)
+  ipt_hook    the older iptables backend's raw PREROUTING NFQUEUE rule (-300, one mark test)
+  steer_hook  the older layout's second nft hook (-250, one mark test)
   tc          the offload program (nat/bpf/offload.o) on the ingress of both router ports, no
-              nft rules: what the BPF path costs the packets it does not carry
+              nft rules, attached as the daemon does (tcx on 6.6+): what the BPF path costs
+              the packets it does not carry
+  tc_clsact   the same program as a clsact filter (how kernels before 6.6 run it)
 """
 import os
 import subprocess
@@ -189,7 +190,7 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
 
 GATE = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",
         "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
-OTHER_STEPS = ("kernel", "hook", "gate", "ipt_hook", "steer_hook", "tc")
+OTHER_STEPS = ("kernel", "hook", "gate", "ipt_hook", "steer_hook", "tc", "tc_clsact")
 _RAW_TABLE_BEFORE = {}  # netns -> whether `ip raw` existed before the ipt_hook step made it
 
 
@@ -213,14 +214,19 @@ def _other_step(ns, step, devs, on):
             # iptables-nft leaves its raw table and hooked PREROUTING chain behind: an empty
             # hook in every later step unless it goes too
             B.nsexec(ns, "nft", "delete", "table", "ip", "raw", check=False)
-    elif step == "tc":
+    elif step in ("tc", "tc_clsact"):
+        # tc: the program where the daemon puts it (tcx on 6.6+); tc_clsact: as a clsact filter
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         if on:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             code = ("import sys, socket; sys.path.insert(0, %r); from nat.bpf import OffloadProgram; "
-                    "p = OffloadProgram(); p.set_candidate_mark(0); "
-                    "[p.attach(socket.if_nametoindex(d), 'offload') for d in %r]" % (root, tuple(devs)))
-            B.nsexec(ns, sys.executable, "-c", code)  # tc keeps the program attached after exit
+                    "p = OffloadProgram(); p.set_candidate_mark(0); p.lib.has_tcx = p.lib.has_tcx and %r; "
+                    "[p.attach(socket.if_nametoindex(d), 'offload') for d in %r]"
+                    % (root, step == "tc", tuple(devs)))
+            B.nsexec(ns, sys.executable, "-c", code)  # both hooks keep the program after exit
         else:
+            code = ("import sys, socket; sys.path.insert(0, %r); from nat import bpf; "
+                    "[bpf.detach(socket.if_nametoindex(d)) for d in %r]" % (root, tuple(devs)))
+            B.nsexec(ns, sys.executable, "-c", code)
             for dev in devs:
                 B.nsexec(ns, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
 

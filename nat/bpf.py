@@ -1,9 +1,14 @@
 """BPF offload, the I/O shell: loads nat/bpf/offload.o with libbpf (ctypes; no bpftool, no tc
-binary), attaches its program to tc ingress of the LAN and WAN ports, keeps the flow map
+binary), attaches its program to the ingress of the LAN and WAN ports (tcx on kernels 6.6 and
+later, the clsact qdisc's cls_bpf before them), keeps the flow map
 in step with nat/offload.py's plan, reading translations from conntrack and keeping the entries of
 carried flows alive (both over ctnetlink, nat/ctnetlink.py).
 
-Needs a kernel with tc BPF (cls_bpf, clsact; OpenWrt: kmod-sched-bpf), bpf_fib_lookup (4.18+),
+Why tcx first: the clsact hook costs every forwarded packet, VPN or not, about 4-5 % here even
+with a program that only returns (the qdisc layer and cls_bpf's walk), tcx about 1-2 %
+(bench/README.md, "other traffic").
+
+Needs a kernel with tcx (6.6+) or tc BPF (cls_bpf, clsact; OpenWrt: kmod-sched-bpf), bpf_fib_lookup (4.18+),
 libbpf >= 0.6, an Ethernet LAN port and an Ethernet or PPP (PPPoE) WAN port (a redirect to PPP
 that takes the Ethernet header off: kernels with PPP as L3 in dev_is_mac_header_xmit, 6.3 and
 the stable 6.1 / 5.15 series). Without them the daemon stays on the nft path (option
@@ -30,6 +35,9 @@ TC_HANDLE = 0x7074   # "pt": how our filters are told from others on the same ho
 TC_PRIORITY = 1      # first; returns TC_ACT_UNSPEC for what it does not carry, so later filters run
 BPF_TC_INGRESS = 1
 BPF_TC_F_REPLACE = 1
+BPF_TCX_INGRESS = 46  # enum bpf_attach_type, kernel 6.6 (not in Debian 12's headers)
+BPF_F_REPLACE = 1 << 2
+PROG_NAMES = ("offload", "offload_l3")  # ours on a tcx hook are told from others' by name
 BPF_ANY = 0
 LOOKUPS_PER_SYNC = 32  # pairs looked up in conntrack per sync: many pending flows cost seconds, not CPU
 ARPHRD_ETHER = 1
@@ -43,6 +51,10 @@ class OffloadError(RuntimeError):
 class _TcHook(ctypes.Structure):
     _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
                 ("parent", ctypes.c_uint32)]
+
+
+class _AttachOpts(ctypes.Structure):  # struct bpf_prog_attach_opts as libbpf 0.8-1.2 had it
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("replace_prog_fd", ctypes.c_int)]
 
 
 class _TcOpts(ctypes.Structure):
@@ -72,15 +84,33 @@ def _libbpf():
         "bpf_tc_hook_create": (ci, [ctypes.POINTER(_TcHook)]),
         "bpf_tc_attach": (ci, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
         "bpf_tc_detach": (ci, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+        "bpf_tc_query": (ci, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
         "libbpf_num_possible_cpus": (ci, []),
         "libbpf_set_print": (vp, [vp]),
     }
-    for fn in sig:
+    u32p = ctypes.POINTER(ctypes.c_uint32)
+    tcx = {  # the tcx hook: without them (libbpf < 0.8) only clsact
+        "bpf_prog_attach_opts": (ci, [ci, ci, ci, ctypes.POINTER(_AttachOpts)]),
+        "bpf_prog_detach2": (ci, [ci, ci, ci]),
+        "bpf_prog_query": (ci, [ci, ci, ctypes.c_uint32, u32p, u32p, u32p]),
+        "bpf_prog_get_fd_by_id": (ci, [ctypes.c_uint32]),
+        "bpf_obj_get_info_by_fd": (ci, [ci, vp, u32p]),
+    }
+    for fn in list(sig) + list(tcx):
         try:
             f = getattr(lib, fn)
         except AttributeError:
+            if fn in tcx:
+                lib.has_tcx = False
+                continue
             raise OffloadError("libbpf lacks %s (need libbpf >= 0.6)" % fn)
-        f.restype, f.argtypes = sig[fn]
+        f.restype, f.argtypes = sig.get(fn) or tcx[fn]
+    lib.has_tcx = getattr(lib, "has_tcx", True)
+    if not log.isEnabledFor(logging.DEBUG):
+        # libbpf prints to stderr (the verifier's log when the kernel refuses the program:
+        # wanted with log_level 'debug'; "no such qdisc" when looking for ours); otherwise its
+        # errors are reported here, once
+        lib.libbpf_set_print(None)
     return lib
 
 
@@ -159,10 +189,6 @@ class OffloadProgram:
     def __init__(self, path=None):
         self.lib = _libbpf()
         self.path = path or find_object()
-        if not log.isEnabledFor(logging.DEBUG):
-            # libbpf prints to stderr (the verifier's log when the kernel refuses the program:
-            # wanted with log_level 'debug'); otherwise its errors are reported here, once
-            self.lib.libbpf_set_print(None)
         self.obj = self.lib.bpf_object__open_file(self.path.encode(), None)
         if not self.obj:
             raise OffloadError("cannot open %s: %s" % (self.path, _err(0)))
@@ -175,6 +201,7 @@ class OffloadProgram:
         self.policy = self._map("offload_policy", 4, 4)
         self.stats = self._map("offload_stats", 4, 8 * self.ncpu)
         self.attached = []  # ifindexes
+        self.hooks = {}  # ifindex -> "tcx" or "tc"
 
     def _map(self, name, ks, vs):
         m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
@@ -183,24 +210,28 @@ class OffloadProgram:
         return Map(self.lib, self.lib.bpf_map__fd(m), ks, vs)
 
     def attach(self, ifindex, prog_name):
+        """On the port's tcx ingress, else (kernel before 6.6) as a clsact filter. A program
+        left there by a killed daemon is replaced in one step (no gap); a clsact filter of an
+        older version goes once the tcx one runs. Returns the hook: "tcx" or "tc"."""
         prog = self.lib.bpf_object__find_program_by_name(self.obj, prog_name.encode())
         if not prog:
             raise OffloadError("%s has no program %s" % (self.path, prog_name))
-        hook, opts = _tc_hook_opts(ifindex, self.lib.bpf_program__fd(prog), BPF_TC_F_REPLACE)
-        rc = self.lib.bpf_tc_hook_create(ctypes.byref(hook))
-        if rc and rc != -errno.EEXIST:  # another tool's clsact is fine: we share it
-            raise OffloadError("tc clsact on ifindex %d: %s" % (ifindex, _err(rc)))
-        # REPLACE: a program left by a killed daemon is swapped atomically, no gap.
-        rc = self.lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
-        if rc:
-            raise OffloadError("tc BPF filter on ifindex %d: %s" % (ifindex, _err(rc)))
+        fd = self.lib.bpf_program__fd(prog)
+        hook = "tcx" if _tcx_attach(self.lib, ifindex, fd) else "tc"
+        if hook == "tcx":
+            _tc_detach(self.lib, ifindex)
+        else:
+            _tc_attach(self.lib, ifindex, fd)
+        self.hooks[ifindex] = hook
         if ifindex not in self.attached:
             self.attached.append(ifindex)
+        return hook
 
     def detach_all(self):
         for ifindex in self.attached:
             detach(ifindex, self.lib)
         self.attached = []
+        self.hooks = {}
 
     def set_policy(self, bits):
         self.policy.update(_u32(0), _u32(bits))
@@ -229,11 +260,104 @@ def _tc_hook_opts(ifindex, prog_fd=0, flags=0):
     return hook, opts
 
 
-def detach(ifindex, lib=None):
-    """Remove our filter from a port (whoever loaded it). True if one was there."""
-    lib = lib or _libbpf()
+def _tc_attach(lib, ifindex, fd):
+    hook, opts = _tc_hook_opts(ifindex, fd, BPF_TC_F_REPLACE)
+    rc = lib.bpf_tc_hook_create(ctypes.byref(hook))
+    if rc and rc != -errno.EEXIST:  # another tool's clsact is fine: we share it
+        raise OffloadError("tc clsact on ifindex %d: %s" % (ifindex, _err(rc)))
+    # REPLACE: a program left by a killed daemon is swapped atomically, no gap.
+    rc = lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+    if rc:
+        raise OffloadError("tc BPF filter on ifindex %d: %s" % (ifindex, _err(rc)))
+
+
+def _tc_detach(lib, ifindex):
     hook, opts = _tc_hook_opts(ifindex)
     return lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)) == 0
+
+
+def _tc_ours(lib, ifindex):
+    hook, opts = _tc_hook_opts(ifindex)
+    if lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)) == 0 and opts.prog_id:
+        return [opts.prog_id]
+    return []
+
+
+def _prog_name(lib, fd):
+    info = (ctypes.c_uint8 * 256)()  # struct bpf_prog_info: name[16] at offset 64
+    n = ctypes.c_uint32(len(info))
+    if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(n)):
+        return None
+    return bytes(info[64:80]).split(b"\0")[0].decode(errors="replace")
+
+
+def _tcx_ours(lib, ifindex):
+    """[(prog id, fd)] of our programs on the port's tcx ingress (fds: the caller closes)."""
+    if not lib.has_tcx:
+        return []
+    ids = (ctypes.c_uint32 * 64)()
+    cnt, flags = ctypes.c_uint32(len(ids)), ctypes.c_uint32(0)
+    if lib.bpf_prog_query(ifindex, BPF_TCX_INGRESS, 0, ctypes.byref(flags), ids, ctypes.byref(cnt)):
+        return []  # no tcx in this kernel (EINVAL), or nothing there
+    out = []
+    for pid in ids[:min(cnt.value, len(ids))]:
+        fd = lib.bpf_prog_get_fd_by_id(pid)
+        if fd < 0:
+            continue
+        if _prog_name(lib, fd) in PROG_NAMES:
+            out.append((pid, fd))
+        else:
+            os.close(fd)
+    return out
+
+
+def _tcx_attach(lib, ifindex, fd):
+    """True if the program now runs on the port's tcx ingress; False: no tcx here (kernel
+    before 6.6, libbpf before 0.8), use clsact."""
+    if not lib.has_tcx:
+        return False
+    ours = _tcx_ours(lib, ifindex)
+    try:
+        old = [f for pid, f in ours]
+        if old:
+            opts = _AttachOpts(ctypes.sizeof(_AttachOpts), BPF_F_REPLACE, old[0])
+        else:
+            opts = _AttachOpts(ctypes.sizeof(_AttachOpts), 0, 0)
+        rc = lib.bpf_prog_attach_opts(fd, ifindex, BPF_TCX_INGRESS, ctypes.byref(opts))
+        if rc in (-errno.EEXIST,):  # this very program is there already
+            rc = 0
+        if rc:
+            if old:  # tcx works here, so this is a real error
+                raise OffloadError("tcx ingress of ifindex %d: %s" % (ifindex, _err(rc)))
+            log.debug("no tcx on ifindex %d (%s): clsact", ifindex, _err(rc))
+            return False
+        for f in old[1:]:  # more than one of ours (should not be): keep one
+            lib.bpf_prog_detach2(f, ifindex, BPF_TCX_INGRESS)
+        return True
+    finally:
+        for pid, f in ours:
+            os.close(f)
+
+
+def attached(ifindex, lib=None):
+    """Our programs on a port: [{"hook": "tcx"|"tc", "id": prog id}] (tests, status)."""
+    lib = lib or _libbpf()
+    out = []
+    for pid, fd in _tcx_ours(lib, ifindex):
+        os.close(fd)
+        out.append({"hook": "tcx", "id": pid})
+    out.extend({"hook": "tc", "id": pid} for pid in _tc_ours(lib, ifindex))
+    return out
+
+
+def detach(ifindex, lib=None):
+    """Remove our programs from a port, tcx and clsact (whoever loaded them). True if one was there."""
+    lib = lib or _libbpf()
+    found = False
+    for pid, fd in _tcx_ours(lib, ifindex):
+        found = lib.bpf_prog_detach2(fd, ifindex, BPF_TCX_INGRESS) == 0 or found
+        os.close(fd)
+    return _tc_detach(lib, ifindex) or found
 
 
 def _log_back_to_stack(pair):
@@ -383,4 +507,5 @@ class Offloader:
 
     def status(self):
         return {"entries": len(self.installed), "pairs": len(self.plan.trans), "conntrack_refreshed": self.refreshed,
-                "errors": self.errors, "program": self.prog.stat_counts(), "object": self.prog.path}
+                "errors": self.errors, "program": self.prog.stat_counts(), "object": self.prog.path,
+                "hooks": dict((str(i), h) for i, h in sorted(self.prog.hooks.items()))}
