@@ -92,11 +92,32 @@ def trafgen_conf(frames):
     return "\n".join(blocks) + "\n"
 
 
-class Trafgen:
-    """trafgen (netsniff-ng) in a namespace, ended by PID."""
+LINEAR_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "linear.c")
 
-    def __init__(self, ns, dev, conf_path, cpus=1, gap=None, count=0):
+
+def linear_headers(namespaces, workdir, dev="eth0", on=True):
+    """The senders' frames reach the router with their headers linear (bench/bpf/linear.c on
+    the senders' egress; trafgen must then take the qdisc path, Trafgen(qdisc=True)), as a
+    router's Ethernet driver delivers them. The pull costs the sender, equally in every lab."""
+    obj = os.path.join(workdir, "linear.o")
+    if on and not os.path.exists(obj):
+        arch = "/usr/include/%s-linux-gnu" % os.uname().machine
+        subprocess.run(["clang", "-O2", "-target", "bpf", "-I" + arch, "-c", LINEAR_SRC, "-o", obj], check=True)
+    for ns in namespaces:
+        nsexec(ns, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
+        if on:
+            nsexec(ns, "tc", "qdisc", "add", "dev", dev, "clsact")
+            nsexec(ns, "tc", "filter", "add", "dev", dev, "egress", "bpf", "da", "obj", obj, "sec", "tc")
+
+
+class Trafgen:
+    """trafgen (netsniff-ng) in a namespace, ended by PID. qdisc: through the device's qdisc
+    and tc egress (trafgen bypasses both by default)."""
+
+    def __init__(self, ns, dev, conf_path, cpus=1, gap=None, count=0, qdisc=False):
         self.argv = ["ip", "netns", "exec", ns, "trafgen", "-o", dev, "-i", conf_path, "-P", str(cpus)]
+        if qdisc:
+            self.argv.append("-q")
         if gap:
             self.argv += ["-t", gap]
         if count:

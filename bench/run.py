@@ -199,6 +199,9 @@ def main(argv=None):
     ap.add_argument("--only", default="dataplane,floor,latency,control,memory")
     ap.add_argument("--seconds", type=float)
     ap.add_argument("--reps", type=int)
+    ap.add_argument("--headers", choices=("linear", "fragmented"), default="linear",
+                    help="senders' frames with linear headers (as a NIC driver delivers them; default) or as "
+                         "trafgen's TX ring makes them")
     a = ap.parse_args(argv)
     parts = [p.strip() for p in a.only.split(",") if p.strip()]
     if os.geteuid() != 0:
@@ -211,7 +214,9 @@ def main(argv=None):
     reps = a.reps or (1 if a.quick else 3)
     os.makedirs(a.out, exist_ok=True)
     res = {"meta": meta()}
-    res["meta"].update(seconds=seconds, reps=reps)
+    res["meta"].update(seconds=seconds, reps=reps, headers=a.headers)
+    from bench import dataplane as D
+    D.HEADERS = a.headers
     work = "/tmp/passthrough-bench"
     os.makedirs(work, exist_ok=True)
     kernel_run = pt_run = nft_run = None
@@ -219,9 +224,12 @@ def main(argv=None):
         if any(p in parts for p in ("dataplane", "floor", "latency", "control")):
             kernel_run = LabRun(prefix="pt-bk-", workdir=os.path.join(work, "kernel")).up(start_daemon=False)
             pt_run = LabRun(prefix="pt-bp-", workdir=os.path.join(work, "pt")).up()
+            for r in (kernel_run, pt_run):
+                B.linear_headers(D.senders(r), work, on=a.headers == "linear")
         if "dataplane" in parts:
             from bench import dataplane
             nft_run = LabRun(prefix="pt-bn-", workdir=os.path.join(work, "nft")).up(offload="off")
+            B.linear_headers(D.senders(nft_run), work, on=a.headers == "linear")
             log("data plane (trafgen, %.1f s windows, %d reps)" % (seconds, reps))
             res["dataplane"], raw = dataplane.measure(kernel_run, pt_run, work, seconds=seconds, reps=reps, log=log,
                                                       nft_run=nft_run)
