@@ -68,7 +68,9 @@ POLICY_DROPS = {
 # or per-protocol rule. Cheapest test first (bench/floor.py, "other traffic"): TCP, the bulk,
 # after one compare (PPTP's control connection needs nothing here: its helper is attached in
 # nat_prerouting, for a connection's first packet only); then what is neither UDP nor ESP;
-# then UDP with no VPN port on either side.
+# then UDP with no VPN port on either side. Not as six `udp dport/sport != N` compares (no
+# lookup calls): nft 1.0.6 merges an adjacent `sport != 1701 dport != 500` into one 32-bit
+# "!=", which is true when either differs, so IKE to port 500 would pass the gate unseen.
 GATE = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",
         "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
 
@@ -140,12 +142,13 @@ def render_fastpath(cfg, backend, prefilter=None):
 
     out.append("\tchain classify {")
     out.append("\t\ttype filter hook prerouting priority -310; policy accept;")
+    out.append("\t\t" + GATE[0])  # TCP first, before the prefilter too: one compare
     if prefilter:
         for ifindex in prefilter:
             # (a packet back from the daemon carries mark_bit instead: the steer bit is gone)
             out.append("\t\tmeta iif %d meta mark & 0x%08x == 0 accept" % (ifindex, cfg.steer_mark_bit | cfg.mark_bit))
         out.append("\t\tmeta mark set meta mark & 0x%08x" % (0xFFFFFFFF ^ cfg.steer_mark_bit))
-    out.extend("\t\t" + r for r in GATE)
+    out.extend("\t\t" + r for r in GATE[1:])
     out.append("\t\tiifname %s goto classify_out" % lan)
     out.append("\t\tiifname %s goto classify_in" % wan)
     out.append("\t}")

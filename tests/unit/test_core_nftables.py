@@ -119,10 +119,12 @@ def test_prefilter_only_with_the_offload_program():
     # first the mark test the program's marks make possible (only on the ports that carry the
     # program, by ifindex), then the bit cleared for the rules
     # (nor mark_bit: a packet the daemon answered comes back through classify without the steer bit)
-    assert pre[2].strip() == "meta iif 7 meta mark & 0x30000000 == 0 accept", pre
-    assert pre[3].strip() == "meta iif 9 meta mark & 0x30000000 == 0 accept", pre
-    assert pre[4].strip() == "meta mark set meta mark & 0xdfffffff", pre
-    assert [l.strip() for l in pre[5:8]] == list(N.GATE) and "goto classify_out" in pre[8]
+    # (TCP leaves before them: one compare is less than an ifindex and a mark test)
+    assert pre[2].strip() == N.GATE[0] == "meta l4proto tcp accept", pre
+    assert pre[3].strip() == "meta iif 7 meta mark & 0x30000000 == 0 accept", pre
+    assert pre[4].strip() == "meta iif 9 meta mark & 0x30000000 == 0 accept", pre
+    assert pre[5].strip() == "meta mark set meta mark & 0xdfffffff", pre
+    assert [l.strip() for l in pre[6:8]] == list(N.GATE[1:]) and "goto classify_out" in pre[8]
 
 
 def test_other_traffic_leaves_classify_first():
