@@ -127,23 +127,25 @@ def offload_status(run):
     return ask(run.control, "stats")["summary"]["offload"]
 
 
-def wait_offloaded(run, pairs=3, timeout=10.0):
-    """With offload active, wait until the learned flows are carried by the program."""
+def wait_offloaded(run, pairs=3, timeout=12.0, relearn=None):
+    """With offload active, wait until the learned flows are carried by the program. relearn:
+    for a later frame size, when flows idle since the last one lost their conntrack entries
+    just after the daemon last looked (it looks every 10 s and sends such pairs back to the
+    stack): learning again then goes through the stack and makes the entry they need."""
     if not offload_status(run)["active"]:
         return False
-    deadline = time.monotonic() + timeout
-    while offload_status(run)["pairs"] < pairs:
-        if time.monotonic() > deadline:
-            raise RuntimeError("flows not offloaded within %.0f s: %s" % (timeout, offload_status(run)))
-        time.sleep(0.2)
-    return True
-
-
-def wait_for_refresh(run, before, timeout=25.0):
-    deadline = time.monotonic() + timeout
-    while offload_status(run).get("conntrack_refreshed", 0) == before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(1.5)  # the daemon's next sync (every second) offloads the pair again
+    for attempt in range(3):
+        deadline = time.monotonic() + timeout
+        while offload_status(run)["pairs"] < pairs:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        else:
+            return True
+        if relearn is None:
+            break
+        relearn()
+    raise RuntimeError("flows not offloaded within %.0f s: %s" % (timeout, offload_status(run)))
 
 
 def queued(run):
@@ -168,16 +170,13 @@ def measure(kernel_run, pt_run, workdir, sizes=(100, 1400), seconds=2.0, reps=3,
     q_total = 0
     offloaded = {}
     for size in sizes:
-        refreshed = dict((m, offload_status(runs[m]).get("conntrack_refreshed", 0)) for m in daemons)
+        if size != sizes[0]:
+            # Flows idle since the last size may have lost their conntrack entries: give the
+            # daemons one look at them (every 10 s), so learning goes through the stack
+            time.sleep(11)
         learned = dict((m, learn(runs[m])) for m in modes)
         for m in daemons:
-            if offload_status(runs[m])["active"] and size != sizes[0]:
-                # Learning again made new conntrack entries for flows idle since the last size
-                # (their old entries timed out): the daemon's next refresh (every 10 s) sends
-                # such a pair back to the stack and offloads it again from the new entry.
-                # Blast only after that, or most of the blast is the stack's.
-                wait_for_refresh(runs[m], refreshed[m])
-            offloaded[m] = wait_offloaded(runs[m])
+            offloaded[m] = wait_offloaded(runs[m], relearn=lambda m=m: learn(runs[m]))
         q0 = dict((m, queued(runs[m])) for m in daemons)
         fr = dict((m, frames(runs[m], learned[m], size)) for m in modes)
         for flow in flows:

@@ -478,11 +478,24 @@ class Offloader:
 
     def refresh(self, flows, now):
         """Refresh conntrack entries of pairs that carried packets; a pair whose entry is gone
-        (flushed, expired) goes back to the stack. Returns {key: packets}."""
+        (flushed, expired while idle) goes back to the stack. Returns {key: packets}."""
         flows = list(flows)
         counts = self.counters()
         gone = False
-        for pair in self.plan.refresh_due(flows, counts):
+        due = self.plan.refresh_due(flows, counts)
+        for pair in [p for p in list(self.plan.trans) if p not in due]:
+            # Idle: its entry times out as usual. One gone (or made anew) sends the pair back
+            # to the stack now, so the flow's next packet makes its entry through the stack
+            # instead of being carried on a translation nobody holds any more.
+            proto, orig = self.plan.trans[pair][2]
+            try:
+                if self.plan.check(pair, self.ct.get(proto, orig, pair[0])):
+                    _log_back_to_stack(pair)
+                    gone = True
+            except OSError as e:
+                self.errors += 1
+                log.warning("looking up conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
+        for pair in due:
             proto, orig = self.plan.trans[pair][2]
             try:
                 # the entry must still be the one the translation was read from (one made again

@@ -158,6 +158,22 @@ def test_flushed_conntrack_sends_flows_back_to_the_stack_and_they_return(fresh):
     assert log.rindex("offloading udp %s:4500" % fresh.lab.lan_ip(0)) > log.index("is gone or made again: back to the stack")
 
 
+def test_idle_pair_whose_entry_expired_goes_back_to_the_stack_before_it_resumes(fresh):
+    """An idle flow's conntrack entry times out as usual (only carried pairs are refreshed).
+    The daemon notices at its next refresh (every 10 s) without waiting for traffic: the pair
+    leaves the program, so when the flow resumes its packets make a new entry through the
+    stack and are offloaded from it, not carried on a translation nobody holds (the bench's
+    second frame size met exactly this: minutes idle, then re-learned)."""
+    learn(fresh, "natt-esp", 0x64800)
+    pairs0 = offload(fresh)["pairs"]
+    assert pairs0 >= 1
+    subprocess.run(["ip", "netns", "exec", fresh.lab.router, "conntrack", "-F"], capture_output=True)
+    wait_for(lambda: offload(fresh)["pairs"] < pairs0, 15, what="the idle pair back on the stack")
+    assert "is gone or made again: back to the stack" in fresh.log_tail(100)
+    learn(fresh, "natt-esp", 0x64800)  # resumes: through the stack, a new entry, offloaded again
+    wait_for(lambda: offload(fresh)["pairs"] >= pairs0, 10, what="re-offload after the flow resumed")
+
+
 def test_family_switched_off_is_not_carried(fresh):
     learn(fresh, "l2tp", 650)
     learn(fresh, "natt-esp", 0x65000)
