@@ -189,6 +189,9 @@ def plot(res, path):
     fig.suptitle("passthrough benchmarks (%s, kernel %s, %s CPUs)" % (res["meta"]["date"], res["meta"]["kernel"],
                                                                     res["meta"]["cpus"]))
     fig.tight_layout()
+    for ax in axes.flat:  # a run of some parts only (--only): no empty frames
+        if not ax.has_data():
+            ax.set_visible(False)
     fig.savefig(path, dpi=90)
 
 
