@@ -200,8 +200,7 @@ class OffloadProgram:
         self.flows = self._map("offload_flows", plan.KEY_SIZE, plan.VAL_SIZE)
         self.policy = self._map("offload_policy", 4, 4)
         self.stats = self._map("offload_stats", 4, 8 * self.ncpu)
-        self.attached = []  # ifindexes
-        self.hooks = {}  # ifindex -> "tcx" or "tc"
+        self.hooks = {}  # ifindex -> "tcx" or "tc": where the program is attached
 
     def _map(self, name, ks, vs):
         m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
@@ -223,14 +222,11 @@ class OffloadProgram:
         else:
             _tc_attach(self.lib, ifindex, fd)
         self.hooks[ifindex] = hook
-        if ifindex not in self.attached:
-            self.attached.append(ifindex)
         return hook
 
     def detach_all(self):
-        for ifindex in self.attached:
+        for ifindex in self.hooks:
             detach(ifindex, self.lib)
-        self.attached = []
         self.hooks = {}
 
     def set_policy(self, bits):
@@ -319,12 +315,9 @@ def _tcx_attach(lib, ifindex, fd):
     ours = _tcx_ours(lib, ifindex)
     try:
         old = [f for pid, f in ours]
-        if old:
-            opts = _AttachOpts(ctypes.sizeof(_AttachOpts), BPF_F_REPLACE, old[0])
-        else:
-            opts = _AttachOpts(ctypes.sizeof(_AttachOpts), 0, 0)
+        opts = _AttachOpts(ctypes.sizeof(_AttachOpts), BPF_F_REPLACE if old else 0, old[0] if old else 0)
         rc = lib.bpf_prog_attach_opts(fd, ifindex, BPF_TCX_INGRESS, ctypes.byref(opts))
-        if rc in (-errno.EEXIST,):  # this very program is there already
+        if rc == -errno.EEXIST:  # this very program is there already
             rc = 0
         if rc:
             if old:  # tcx works here, so this is a real error
@@ -482,37 +475,29 @@ class Offloader:
         flows = list(flows)
         counts = self.counters()
         gone = False
-        due = self.plan.refresh_due(flows, counts)
-        for pair in [p for p in list(self.plan.trans) if p not in due]:
-            # Idle: its entry times out as usual. One gone (or made anew) sends the pair back
-            # to the stack now, so the flow's next packet makes its entry through the stack
-            # instead of being carried on a translation nobody holds any more.
+        due = set(self.plan.refresh_due(flows, counts))
+        for pair in list(self.plan.trans):
             proto, orig = self.plan.trans[pair][2]
             try:
-                if self.plan.check(pair, self.ct.get(proto, orig, pair[0])):
-                    _log_back_to_stack(pair)
-                    gone = True
-            except OSError as e:
-                self.errors += 1
-                log.warning("looking up conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
-        for pair in due:
-            proto, orig = self.plan.trans[pair][2]
-            try:
-                # the entry must still be the one the translation was read from (one made again
-                # under the same tuple may translate to another port)
+                # The entry must still be the one the translation was read from (one made again
+                # under the same tuple may translate to another port). Idle pairs are looked at
+                # too: their entries time out as usual, and one gone sends the pair back now, so
+                # the flow's next packet makes its entry through the stack instead of being
+                # carried on a translation nobody holds any more. Only carried pairs are refreshed.
                 there = not self.plan.check(pair, self.ct.get(proto, orig, pair[0]))
-                if there:
+                if there and pair in due:
                     there = self.ct.set_timeout(proto, orig, pair[0], self.cfg.udp_timeout)
                     if not there:
                         self.plan.forget(pair)
             except OSError as e:
                 self.errors += 1
-                log.warning("refreshing conntrack entry %s <-> %s (zone %d): %s", pair[2], pair[4], pair[0], e)
+                log.warning("%s conntrack entry %s <-> %s (zone %d): %s", "refreshing" if pair in due else "looking up",
+                            pair[2], pair[4], pair[0], e)
                 continue
             if not there:
                 _log_back_to_stack(pair)
                 gone = True
-            else:
+            elif pair in due:
                 self.refreshed += 1
         if gone:
             self._install(self.plan.desired(flows))
