@@ -30,7 +30,9 @@ A third series prices what ordinary traffic (plain UDP and TCP, no VPN, 100 B, u
 pays for each hook passthrough has or had, one piece at a time in the kernel-only lab:
   hook        an empty prerouting base chain at -310
   gate        that chain with classify's head for other traffic (nat/nftables.py GATE: TCP,
-              UDP without a VPN port by compares, not UDP/ESP)
+              UDP with both ports outside 500-4500 by two range compares, UDP without a VPN
+              port by six compares, not UDP/ESP)
+  gate_compares  the head of 2026-12-07 (the same without the range rule)
   gate_sets   the head as it was before 2026-12-07 (the UDP ports by two set lookups)
   ipt_hook    the older iptables backend's raw PREROUTING NFQUEUE rule (-300, one mark test)
   steer_hook  the older layout's second nft hook (-250, one mark test)
@@ -45,7 +47,7 @@ import sys
 
 from bench import lablib as B
 from bench import dataplane as D
-from nat.nftables import GATE, VPN_UDP
+from nat.nftables import GATE, NOT_VPN_UDP, VPN_UDP
 
 TABLE = "pt_floor"
 ZONE = 4242
@@ -191,19 +193,21 @@ def measure(kernel_run, workdir, seconds=1.0, reps=3, log=print):
 
 GATE_SETS = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",  # the head before 2026-12-07
              "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
-OTHER_STEPS = ("kernel", "hook", "gate", "gate_sets", "ipt_hook", "steer_hook", "tc", "tc_clsact")
+GATE_COMPARES = ("meta l4proto tcp accept", NOT_VPN_UDP + " accept",  # the head of 2026-12-07
+                 "meta l4proto != udp meta l4proto != esp accept")
+OTHER_STEPS = ("kernel", "hook", "gate", "gate_compares", "gate_sets", "ipt_hook", "steer_hook", "tc", "tc_clsact")
 _RAW_TABLE_BEFORE = {}  # netns -> whether `ip raw` existed before the ipt_hook step made it
 
 
 def _other_step(ns, step, devs, on):
     """Set up (on) or tear down one step of the other-traffic series."""
-    if step in ("hook", "gate", "gate_sets", "steer_hook"):
+    if step in ("hook", "gate", "gate_compares", "gate_sets", "steer_hook"):
         if not on:
             _apply(ns, None)
         elif step == "steer_hook":
             _apply(ns, _table(STEER_CHAIN))
         else:
-            _apply(ns, _table(_pre({"gate": GATE, "gate_sets": GATE_SETS}.get(step, []))))
+            _apply(ns, _table(_pre({"gate": GATE, "gate_compares": GATE_COMPARES, "gate_sets": GATE_SETS}.get(step, []))))
     elif step == "ipt_hook":
         from nat.kernel import iptables_queue_spec
         from passthrough.config import Config

@@ -210,7 +210,7 @@ def main(argv=None):
     if os.geteuid() != 0:
         log("bench/run.py needs root (network namespaces)")
         return 2
-    if any(p in parts for p in ("dataplane", "floor", "control")) and not shutil.which("trafgen"):
+    if any(p in parts for p in ("dataplane", "floor", "floor_other", "control")) and not shutil.which("trafgen"):
         log("trafgen (Debian package netsniff-ng) is missing: apt-get install netsniff-ng")
         return 2
     seconds = a.seconds or (1.0 if a.quick else 2.0)
@@ -224,7 +224,7 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     kernel_run = pt_run = nft_run = None
     try:
-        if any(p in parts for p in ("dataplane", "floor", "latency", "control")):
+        if any(p in parts for p in ("dataplane", "floor", "floor_other", "latency", "control")):
             kernel_run = LabRun(prefix="pt-bk-", workdir=os.path.join(work, "kernel")).up(start_daemon=False)
             pt_run = LabRun(prefix="pt-bp-", workdir=os.path.join(work, "pt")).up()
             for r in (kernel_run, pt_run):
@@ -243,6 +243,9 @@ def main(argv=None):
             log("data-plane floor (classifier pieces on the kernel-only lab)")
             res["floor"] = floor.measure(kernel_run, work, seconds=seconds, reps=reps, log=log)
             res["floor_gate"] = floor.measure_gate(kernel_run, work, seconds=seconds, reps=reps, log=log)
+        if "floor" in parts or "floor_other" in parts:  # floor_other: this series alone
+            from bench import floor
+            log("data-plane floor: what other traffic pays for each hook")
             res["floor_other"] = floor.measure_other(kernel_run, work, seconds=seconds, reps=max(reps, 3), log=log)
         if "latency" in parts:
             log("new-flow latency")

@@ -67,16 +67,19 @@ POLICY_DROPS = {
 # The head of classify: everything that cannot be VPN leaves the hook here, before any per-device
 # or per-protocol rule. Cheapest test first: TCP, the bulk, after one compare (PPTP's control
 # connection needs nothing here: its helper is attached in nat_prerouting, for a connection's
-# first packet only); then UDP with no VPN port on either side; then what is neither UDP nor
-# ESP. Compares, no set lookups: a lookup is a call through retpoline/SRSO thunks, and the two
-# port sets this rule had cost plain UDP 220-380 ns a packet here, the compares 2-4 % of the
-# rate less (bench/README.md). The `& 0xffff` is needed: nft 1.0.6 merges a plain
-# `sport != 1701 dport != 500` into one 32-bit "!=", true when either differs, which would let
-# IKE to port 500 pass unseen (`nft list` prints the rule without the mask: reload it from
-# `passthrough render`, never from a listing).
+# first packet only); then UDP with both ports outside 500-4500, where the three VPN ports lie
+# (DNS, QUIC/HTTPS, NTP, ephemeral ports: most of it), by two range compares; then UDP with no
+# VPN port on either side by six compares; then what is neither UDP nor ESP. Compares, no set
+# lookups: the two port sets this head had cost plain UDP 220-380 ns a packet here, and each
+# compare is an expression more (bench/README.md). The `& 0xffff` is needed: nft 1.0.6 merges a
+# plain `sport != 1701 dport != 500` into one 32-bit "!=", true when either differs, which would
+# let IKE to port 500 pass unseen (`nft list` prints the rule without the mask: reload it from
+# `passthrough render`, never from a listing). Ranges are not merged (`nft --debug=netlink`).
+VPN_PORT_SPAN = "500-4500"  # min .. max of the VPN ports
 NOT_VPN_UDP = " ".join("udp %s & 0xffff != %d" % (field, port)
                        for field in ("dport", "sport") for port in (500, 4500, 1701))
-GATE = ("meta l4proto tcp accept", NOT_VPN_UDP + " accept", "meta l4proto != udp meta l4proto != esp accept")
+GATE = ("meta l4proto tcp accept", "udp dport != %s udp sport != %s accept" % (VPN_PORT_SPAN, VPN_PORT_SPAN),
+        NOT_VPN_UDP + " accept", "meta l4proto != udp meta l4proto != esp accept")
 
 
 def quote_dev(name):

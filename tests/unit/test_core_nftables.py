@@ -124,19 +124,20 @@ def test_prefilter_only_with_the_offload_program():
     assert pre[3].strip() == "meta iif 7 meta mark & 0x30000000 == 0 accept", pre
     assert pre[4].strip() == "meta iif 9 meta mark & 0x30000000 == 0 accept", pre
     assert pre[5].strip() == "meta mark set meta mark & 0xdfffffff", pre
-    assert [l.strip() for l in pre[6:8]] == list(N.GATE[1:]) and "goto classify_out" in pre[8]
+    assert [l.strip() for l in pre[6:9]] == list(N.GATE[1:]) and "goto classify_out" in pre[9]
 
 
 def test_other_traffic_leaves_classify_first():
     """TCP, other protocols and UDP without a VPN port on either side leave at the head of
     classify, before the per-device jumps (what the rest of a home's traffic pays)."""
     rules = [l.strip() for l in chain(N.render_fastpath(Config({}), "nft"), "classify").strip().splitlines()]
-    assert rules[1:4] == ["meta l4proto tcp accept",
+    assert rules[1:5] == ["meta l4proto tcp accept",
+                          "udp dport != 500-4500 udp sport != 500-4500 accept",
                           "udp dport & 0xffff != 500 udp dport & 0xffff != 4500 udp dport & 0xffff != 1701 "
                           "udp sport & 0xffff != 500 udp sport & 0xffff != 4500 udp sport & 0xffff != 1701 accept",
                           "meta l4proto != udp meta l4proto != esp accept"]
-    assert rules[4].startswith("iifname")
-    assert "{" not in " ".join(rules[1:4])  # compares only: no set lookup for other traffic
+    assert rules[5].startswith("iifname")
+    assert "{" not in " ".join(rules[1:5])  # compares only: no set lookup for other traffic
 
 
 def test_natt_ports_maps_chains_and_postrouting():
