@@ -34,6 +34,11 @@ pays for each hook passthrough has or had, one piece at a time in the kernel-onl
               port by six compares, not UDP/ESP)
   gate_compares  the head of 2026-12-07 (the same without the range rule)
   gate_sets   the head as it was before 2026-12-07 (the UDP ports by two set lookups)
+  nat_hook    an empty nat prerouting chain (-110): passthrough's nat_prerouting registers the
+              NAT prerouting hook, which the lab's fw4-like firewall does not have (fw4's dstnat
+              chain does on a real router)
+  table       the daemon's whole fast-path table as rendered (nat/nftables.py, no daemon: its
+              heartbeat set stays empty, nothing is queued)
   ipt_hook    the older iptables backend's raw PREROUTING NFQUEUE rule (-300, one mark test)
   steer_hook  the older layout's second nft hook (-250, one mark test)
   tc          the offload program (nat/bpf/offload.o) on the ingress of both router ports, no
@@ -195,17 +200,33 @@ GATE_SETS = ("meta l4proto tcp accept", "meta l4proto != { udp, esp } accept",  
              "udp dport != %s udp sport != %s accept" % (VPN_UDP, VPN_UDP))
 GATE_COMPARES = ("meta l4proto tcp accept", NOT_VPN_UDP + " accept",  # the head of 2026-12-07
                  "meta l4proto != udp meta l4proto != esp accept")
-OTHER_STEPS = ("kernel", "hook", "gate", "gate_compares", "gate_sets", "ipt_hook", "steer_hook", "tc", "tc_clsact")
+NAT_HOOK = ["\tchain natpre {", "\t\ttype nat hook prerouting priority -110; policy accept;", "\t}"]
+
+
+def _daemon_table(lan_dev, wan_dev):
+    """The fast-path table passthrough loads, as the scratch table."""
+    from nat.nftables import render_fastpath
+    from passthrough.config import Config
+    text = render_fastpath(Config({"lan_device": lan_dev, "wan_device": wan_dev}), "xt")
+    body = text.split("\n", 1)[1].rstrip().rsplit("}", 1)[0]
+    return _table(body.splitlines())
+
+
+OTHER_STEPS = ("kernel", "hook", "gate", "gate_compares", "gate_sets", "nat_hook", "table", "ipt_hook", "steer_hook", "tc", "tc_clsact")
 _RAW_TABLE_BEFORE = {}  # netns -> whether `ip raw` existed before the ipt_hook step made it
 
 
 def _other_step(ns, step, devs, on):
     """Set up (on) or tear down one step of the other-traffic series."""
-    if step in ("hook", "gate", "gate_compares", "gate_sets", "steer_hook"):
+    if step in ("hook", "gate", "gate_compares", "gate_sets", "steer_hook", "nat_hook", "table"):
         if not on:
             _apply(ns, None)
         elif step == "steer_hook":
             _apply(ns, _table(STEER_CHAIN))
+        elif step == "nat_hook":
+            _apply(ns, _table(NAT_HOOK))
+        elif step == "table":
+            _apply(ns, _daemon_table(*devs))
         else:
             _apply(ns, _table(_pre({"gate": GATE, "gate_compares": GATE_COMPARES, "gate_sets": GATE_SETS}.get(step, []))))
     elif step == "ipt_hook":

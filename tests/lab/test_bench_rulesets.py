@@ -59,3 +59,13 @@ def test_tc_bpf_gate_attaches_and_detaches(router_ns):
         assert "bytecode" in shown and "flowid 1:1" in shown, shown
     floor._tc_gate(router_ns, ("br-lan", "wan"), False)
     assert sh("ip", "netns", "exec", router_ns, "tc", "filter", "show", "dev", "wan", "ingress").stdout.strip() == ""
+
+
+@pytest.mark.parametrize("step", ["hook", "gate", "gate_compares", "gate_sets", "steer_hook", "nat_hook", "table"])
+def test_other_traffic_floor_steps_load(router_ns, step):
+    floor._other_step(router_ns, step, ("br-lan", "wan"), True)
+    listed = sh("ip", "netns", "exec", router_ns, "nft", "list", "table", "ip", floor.TABLE).stdout
+    assert ("type nat hook prerouting" in listed) == (step in ("nat_hook", "table")), listed
+    assert ("chain classify_out" in listed) == (step == "table")
+    floor._other_step(router_ns, step, ("br-lan", "wan"), False)
+    assert sh("ip", "netns", "exec", router_ns, "nft", "list", "table", "ip", floor.TABLE).returncode != 0
