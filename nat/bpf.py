@@ -15,7 +15,6 @@ the stable 6.1 / 5.15 series). Without them the daemon stays on the nft path (op
 offload 'auto') or refuses to start (offload 'bpf').
 """
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -23,6 +22,7 @@ import sys
 import time
 
 from nat import offload as plan
+from nat.clib import load_library
 from nat.ctnetlink import Conntrack
 
 log = logging.getLogger("passthrough.bpf")
@@ -63,9 +63,8 @@ class _TcOpts(ctypes.Structure):
 
 
 def _libbpf():
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
+        lib = load_library("libbpf.so.1", "bpf", use_errno=True)
     except OSError as e:
         raise OffloadError("libbpf not found (%s): install libbpf1 (OpenWrt: libbpf)" % e)
     vp, ci, cvp = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p

@@ -4,13 +4,13 @@ conntrack teardown. The thin I/O shell around
 nat/nftables.py; nothing here decides policy.
 """
 import ctypes
-import ctypes.util
 import json
 import logging
-import shutil
 import subprocess
 
+from passthrough.compat import which
 from nat import nftables as nftx
+from nat.clib import load_library
 from nat import nftnetlink
 
 log = logging.getLogger("passthrough.kernel")
@@ -27,9 +27,8 @@ class Nft:
         self._ctx = None
         self._lib = None
         if use_lib:
-            name = ctypes.util.find_library("nftables") or "libnftables.so.1"
             try:
-                lib = ctypes.CDLL(name)
+                lib = load_library("libnftables.so.1", "nftables")
                 lib.nft_ctx_new.restype = ctypes.c_void_p
                 lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
                 lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
@@ -46,7 +45,7 @@ class Nft:
                 self._lib, self._ctx = lib, ctx
             except (OSError, AttributeError) as e:
                 log.debug("libnftables unavailable (%s); using the nft command", e)
-        if self._ctx is None and not shutil.which("nft"):
+        if self._ctx is None and not which("nft"):
             raise KernelError("neither libnftables nor the nft command is available (install nftables)")
 
     def run(self, text, json_out=False):
@@ -79,7 +78,7 @@ class Nft:
 
 def _iptables():
     for name in ("iptables", "iptables-nft", "iptables-legacy"):
-        if shutil.which(name):
+        if which(name):
             return name
     return None
 
@@ -286,7 +285,7 @@ class Kernel:
         return self._flush_conntrack_cli(family, zones)
 
     def _flush_conntrack_cli(self, family, zones):
-        if not shutil.which("conntrack"):
+        if not which("conntrack"):
             log.warning("conntrack tool missing: existing %s connections are not cut", family)
             return 0
         cut = FAMILY_CONNTRACK[family]

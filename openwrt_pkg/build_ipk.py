@@ -341,8 +341,10 @@ def init_numbers(data):
     return (start.group(1) if start else None), (stop.group(1) if stop else None)
 
 
-def service_postinst(tree, name):
-    """What OpenWrt's default_postinst does for this package, as a self-contained script."""
+def service_postinst(tree, name, extra_body=None):
+    """What OpenWrt's default_postinst does for this package, as a self-contained script; the
+    package's own postinst from its Makefile (postinst-pkg) where default_postinst runs it:
+    after the uci-defaults, before the service is enabled and started."""
     lines = ["#!/bin/sh",
              "# %s postinst (openwrt_pkg/build_ipk.py): what OpenWrt's default_postinst does." % name,
              '[ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0']
@@ -362,6 +364,11 @@ def service_postinst(tree, name):
     lines.append("fi")
     for p in defaults:
         lines.append('[ -f %s ] && ( cd /etc/uci-defaults && . %s ) && rm -f %s' % (p, p, p))
+    if extra_body:
+        lines.append("(")
+        lines.extend("\t" + ln if ln else ln for ln in make_script(extra_body).rstrip("\n").split("\n")
+                     if not ln.startswith("#!"))
+        lines.append(")")
     for p in inits:
         lines.append('[ "${PKG_UPGRADE}" = "1" ] || %s enable' % p)
         # default_postinst runs `start` after default_prerm's `stop`; restart only a running one
@@ -498,7 +505,7 @@ def build_passthrough(arch=DEFAULT_ARCH, warn=None, **_):
     arch = pkg.get("PKGARCH", arch)  # without PKGARCH an SDK build takes the target's architecture
     tree = passthrough_tree(variables, defines, arch, warn)
     conffiles = [ln.strip() for ln in defines.get("Package/%s/conffiles" % name, []) if ln.strip()]
-    scripts = {"postinst": service_postinst(tree, name),
+    scripts = {"postinst": service_postinst(tree, name, defines.get("Package/%s/postinst" % name)),
                "prerm": service_prerm(tree, name, defines.get("Package/%s/prerm" % name))}
     if defines.get("Package/%s/postrm" % name):
         scripts["postrm"] = make_script(defines["Package/%s/postrm" % name])

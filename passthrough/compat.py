@@ -85,3 +85,23 @@ def ip6_str(data):
     head = ":".join("%x" % w for w in words[:best_start])
     tail = ":".join("%x" % w for w in words[best_start + best_len:])
     return head + "::" + tail
+
+
+def which(prog):
+    """Path of an executable on PATH, or None (shutil.which's job: shutil is not in MicroPython,
+    and on CPython it loads the bz2 and lzma modules with their C libraries, ~0.5 MB resident,
+    for a daemon that only asks this)."""
+    try:
+        import os
+    except ImportError:  # pragma: no cover - very old MicroPython ports
+        import uos as os
+    path = os.getenv("PATH") if hasattr(os, "getenv") else None
+    for d in (path or "/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        p = (d or ".") + "/" + prog
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if st[0] & 0o111 and (st[0] & 0o170000) == 0o100000:
+            return p
+    return None

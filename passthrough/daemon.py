@@ -12,7 +12,6 @@ import ctypes
 import errno
 import json
 import logging
-import logging.handlers
 import os
 import select
 import signal
@@ -147,8 +146,9 @@ def setup_logging(level, use_syslog=True):
     h.setFormatter(logging.Formatter("%(asctime)s passthrough[%(process)d] %(levelname)s: %(message)s"))
     root.addHandler(h)
     if use_syslog and os.path.exists("/dev/log"):
+        from logging.handlers import SysLogHandler  # here: with --no-syslog (procd logs stderr) not loaded
         try:
-            s = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            s = SysLogHandler(address="/dev/log", facility=SysLogHandler.LOG_DAEMON)
             s.setFormatter(logging.Formatter("passthrough[%(process)d]: %(message)s"))
             root.addHandler(s)
         except OSError:

@@ -33,6 +33,8 @@ try:
 except ImportError:  # pragma: no cover - very old MicroPython ports
     import uos as os
 
+from passthrough.compat import which
+
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 KEYWORDS = {"package": "package", "p": "package", "config": "config", "c": "config",
             "option": "option", "o": "option", "list": "list", "l": "list"}
@@ -612,19 +614,6 @@ def write_atomic(path, text):
 
 
 # --- the uci command, natively or through the real program -------------------------------------
-def _which(prog):
-    path = os.getenv("PATH") if hasattr(os, "getenv") else None
-    for d in (path or "/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
-        p = (d or ".") + "/" + prog
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        if st[0] & 0o111 and (st[0] & 0o170000) == 0o100000:
-            return p
-    return None
-
-
 class Uci:
     """`uci`-like access to the configs in `confdir`.
 
@@ -636,7 +625,7 @@ class Uci:
     def __init__(self, confdir="/etc/config", cli=None):
         self.confdir = confdir.rstrip("/") or "/"
         if cli is None:
-            cli = _which("uci")
+            cli = which("uci")
             if cli is not None:
                 try:
                     import subprocess  # noqa: F401
