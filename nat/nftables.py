@@ -25,7 +25,8 @@ from nat.mapping import LAN_ZONE, ZONE_LAN, IKE_ZONE, ESP_ZONE, ESP_OUT, L2TP_ZO
 
 TABLE = "passthrough"
 POLICY_TABLE = "passthrough_policy"
-VPN_UDP = "{ 500, 4500, 1701 }"
+VPN_UDP_PORTS = (500, 4500, 1701)  # IKE, NAT-T, L2TP
+VPN_UDP = "{ %s }" % ", ".join(str(p) for p in VPN_UDP_PORTS)
 FALLBACK_UDP = "fallback_udp"
 FALLBACK_ESP = "fallback_esp"
 
@@ -75,9 +76,9 @@ POLICY_DROPS = {
 # plain `sport != 1701 dport != 500` into one 32-bit "!=", true when either differs, which would
 # let IKE to port 500 pass unseen (`nft list` prints the rule without the mask: reload it from
 # `passthrough render`, never from a listing). Ranges are not merged (`nft --debug=netlink`).
-VPN_PORT_SPAN = "500-4500"  # min .. max of the VPN ports
+VPN_PORT_SPAN = "%d-%d" % (min(VPN_UDP_PORTS), max(VPN_UDP_PORTS))
 NOT_VPN_UDP = " ".join("udp %s & 0xffff != %d" % (field, port)
-                       for field in ("dport", "sport") for port in (500, 4500, 1701))
+                       for field in ("dport", "sport") for port in VPN_UDP_PORTS)
 GATE = ("meta l4proto tcp accept", "udp dport != %s udp sport != %s accept" % (VPN_PORT_SPAN, VPN_PORT_SPAN),
         NOT_VPN_UDP + " accept", "meta l4proto != udp meta l4proto != esp accept")
 
