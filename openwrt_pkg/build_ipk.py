@@ -341,6 +341,13 @@ def init_numbers(data):
     return (start.group(1) if start else None), (stop.group(1) if stop else None)
 
 
+def _subshell(body):
+    """A Makefile script body as lines of a ( ... ) inside the generated script: its `exit`
+    ends only the package's own part, as default_postinst / default_prerm source it."""
+    return (["("] + ["\t" + ln if ln else ln for ln in make_script(body).rstrip("\n").split("\n")
+                     if not ln.startswith("#!")] + [")"])
+
+
 def service_postinst(tree, name, extra_body=None):
     """What OpenWrt's default_postinst does for this package, as a self-contained script; the
     package's own postinst from its Makefile (postinst-pkg) where default_postinst runs it:
@@ -365,10 +372,7 @@ def service_postinst(tree, name, extra_body=None):
     for p in defaults:
         lines.append('[ -f %s ] && ( cd /etc/uci-defaults && . %s ) && rm -f %s' % (p, p, p))
     if extra_body:
-        lines.append("(")
-        lines.extend("\t" + ln if ln else ln for ln in make_script(extra_body).rstrip("\n").split("\n")
-                     if not ln.startswith("#!"))
-        lines.append(")")
+        lines.extend(_subshell(extra_body))
     for p in inits:
         lines.append('[ "${PKG_UPGRADE}" = "1" ] || %s enable' % p)
         # default_postinst runs `start` after default_prerm's `stop`; restart only a running one
@@ -395,10 +399,7 @@ def service_prerm(tree, name, extra_body):
         lines.append("%s stop >/dev/null 2>&1" % p)
         lines.append('[ "${PKG_UPGRADE}" = "1" ] || %s disable' % p)
     if extra_body:
-        lines.append("(")
-        lines.extend("\t" + ln if ln else ln for ln in make_script(extra_body).rstrip("\n").split("\n")
-                     if not ln.startswith("#!"))
-        lines.append(")")
+        lines.extend(_subshell(extra_body))
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
