@@ -180,20 +180,17 @@ def _send_ike(ns, src, dst, first, n, rate=2000):
     B.nsexec(ns, sys.executable, "-c", code, src, dst, str(first), str(n), str(rate), timeout=120)
 
 
-def _bytecode_env():
-    """os.environ changes for the daemon as a router runs it: python keeps byte code caches
-    beside the package's .py files (written at its first start under /usr/lib/passthrough),
-    while this machine sets PYTHONDONTWRITEBYTECODE, so each start would compile every module:
-    ~1.9 MB more anonymous memory that stays (measured). The repository's caches are written
-    first (git ignores __pycache__); the interpreter's own are where it keeps them (a
-    PYTHONPYCACHEPREFIX would move those too, and the first start would compile the stdlib)."""
+def _write_bytecode_caches():
+    """The daemon as a router runs it: python reads byte code caches beside the package's .py
+    files (the postinst writes them), while this machine sets PYTHONDONTWRITEBYTECODE, so
+    without caches each start would compile every module: ~1.9 MB more anonymous memory that
+    stays (measured). compileall writes them whatever that variable says, and python reads them
+    whatever it says; git ignores __pycache__. (A PYTHONPYCACHEPREFIX would move the
+    interpreter's own caches too, and the daemon's start would compile the stdlib.)"""
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "passthrough", "nat"], cwd=repo, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    return {"PYTHONDONTWRITEBYTECODE": None}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "passthrough", "nat"], cwd=repo, check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def daemon_rss(sizes=(1000, 4000), log=print, workdir="/run/passthrough-lab/bm", bytecode=True):
@@ -202,14 +199,8 @@ def daemon_rss(sizes=(1000, 4000), log=print, workdir="/run/passthrough-lab/bm",
     top = max(sizes)
     run = LabRun(prefix="pt-bm-", hosts=1, workdir=workdir)
     out = {"unit": "kB", "flows": {}, "bytecode_caches": bytecode}
-    saved = {}
     if bytecode:
-        for k, v in _bytecode_env().items():
-            saved[k] = os.environ.get(k)
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _write_bytecode_caches()
     try:
         run.up(responders=False, max_flows=str(top + 64), flows_per_host=str(top + 64))
         pid = run.daemon.pid
@@ -244,11 +235,6 @@ def daemon_rss(sizes=(1000, 4000), log=print, workdir="/run/passthrough-lab/bm",
             out["idle"]["VmRSS"], bare, floor, ", ".join(out["c_libraries"])))
     finally:
         run.down()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return out
 
 
