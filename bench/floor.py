@@ -216,19 +216,22 @@ OTHER_STEPS = ("kernel", "hook", "gate", "gate_compares", "gate_sets", "nat_hook
 _RAW_TABLE_BEFORE = {}  # netns -> whether `ip raw` existed before the ipt_hook step made it
 
 
+# the steps that are a scratch table: step -> its nft text for (lan_dev, wan_dev)
+OTHER_TABLES = {
+    "hook": lambda devs: _table(_pre([])),
+    "gate": lambda devs: _table(_pre(GATE)),
+    "gate_compares": lambda devs: _table(_pre(GATE_COMPARES)),
+    "gate_sets": lambda devs: _table(_pre(GATE_SETS)),
+    "nat_hook": lambda devs: _table(NAT_HOOK),
+    "table": lambda devs: _daemon_table(*devs),
+    "steer_hook": lambda devs: _table(STEER_CHAIN),
+}
+
+
 def _other_step(ns, step, devs, on):
     """Set up (on) or tear down one step of the other-traffic series."""
-    if step in ("hook", "gate", "gate_compares", "gate_sets", "steer_hook", "nat_hook", "table"):
-        if not on:
-            _apply(ns, None)
-        elif step == "steer_hook":
-            _apply(ns, _table(STEER_CHAIN))
-        elif step == "nat_hook":
-            _apply(ns, _table(NAT_HOOK))
-        elif step == "table":
-            _apply(ns, _daemon_table(*devs))
-        else:
-            _apply(ns, _table(_pre({"gate": GATE, "gate_compares": GATE_COMPARES, "gate_sets": GATE_SETS}.get(step, []))))
+    if step in OTHER_TABLES:
+        _apply(ns, OTHER_TABLES[step](devs) if on else None)
     elif step == "ipt_hook":
         from nat.kernel import iptables_queue_spec
         from passthrough.config import Config

@@ -83,7 +83,7 @@ def _frames(lab, host_ns, spi, sizes):
     return out
 
 
-def _mode(lab, mode, log):
+def _mode(lab, mode):
     g = lab.guest
     if mode == "offload":
         lab.uci_set(offload="auto")
@@ -157,7 +157,7 @@ def measure(workdir, seconds=3.0, reps=3, sizes=(100, 1400), rate="100000pps", l
         r = g.run("VPNLAB_WAN=pppoe pt-vpnlab up", timeout=180)
         if r.rc != 0:
             raise RuntimeError("pt-vpnlab up over PPPoE: %r" % r)
-        _mode(lab, "offload", log)
+        _mode(lab, "offload")
         spi = _outbound_spi(lab)
         lab.sh("ip netns exec isp nft -f - <<'EOF'\n%sEOF" % _isp_counter_text(spi))
         host_ns = router.topo.lan_hosts[0]
@@ -165,7 +165,7 @@ def measure(workdir, seconds=3.0, reps=3, sizes=(100, 1400), rate="100000pps", l
         runs = dict(((m, z), []) for m in MODES for z in sizes)
         for rep in range(reps):  # modes interleaved: a slow phase of the host hits all of them
             for mode in MODES:
-                _mode(lab, mode, log)
+                _mode(lab, mode)
                 for size in sizes:
                     r = _blast(lab, host_ns, frames[size], seconds, workdir, rate)
                     runs[(mode, size)].append(r)

@@ -61,7 +61,7 @@ def test_tc_bpf_gate_attaches_and_detaches(router_ns):
     assert sh("ip", "netns", "exec", router_ns, "tc", "filter", "show", "dev", "wan", "ingress").stdout.strip() == ""
 
 
-@pytest.mark.parametrize("step", ["hook", "gate", "gate_compares", "gate_sets", "steer_hook", "nat_hook", "table"])
+@pytest.mark.parametrize("step", sorted(floor.OTHER_TABLES))
 def test_other_traffic_floor_steps_load(router_ns, step):
     floor._other_step(router_ns, step, ("br-lan", "wan"), True)
     listed = sh("ip", "netns", "exec", router_ns, "nft", "list", "table", "ip", floor.TABLE).stdout
