@@ -15,13 +15,11 @@ import os
 import socket
 import struct
 
-NETLINK_NETFILTER = 12
+from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+                           NLMSG_ERROR, NLMSG_DONE, attr as _attr, attrs as _attrs)
+
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
-NLM_F_DUMP_INTR = 0x10
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLA_F_NESTED = 0x8000
 # enum ctattr_type / ctattr_tuple / ctattr_ip / ctattr_l4proto (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_TIMEOUT, CTA_ZONE = 1, 2, 3, 7, 18
 IPS_SEEN_REPLY = 1 << 1
@@ -29,13 +27,6 @@ CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 IPPROTO_UDP = 17
-
-
-def _attr(kind, payload, nested=False):
-    """One netlink attribute, padded to 4 bytes."""
-    head = struct.pack("=HH", 4 + len(payload), kind | (NLA_F_NESTED if nested else 0))
-    pad = (-len(payload)) % 4
-    return head + payload + b"\0" * pad
 
 
 def _tuple(kind, proto, tup):
@@ -73,18 +64,6 @@ def get_msg(proto, tup, zone, seq, reply=False):
     """Look up the entry whose original (or, reply=True, reply) direction is tup."""
     kind = CTA_TUPLE_REPLY if reply else CTA_TUPLE_ORIG
     return _msg(IPCTNL_MSG_CT_GET, _tuple(kind, proto, tup) + _attr(CTA_ZONE, struct.pack("!H", zone)), seq)
-
-
-def _attrs(buf, off, end):
-    """{type: (start, end)} of the attributes in buf[off:end] (nested flag masked off)."""
-    out = {}
-    while off + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", buf, off)
-        if alen < 4 or off + alen > end:
-            break
-        out[atype & 0x3FFF] = (off + 4, off + alen)
-        off += (alen + 3) & ~3
-    return out
 
 
 def _parse_tuple(buf, span):
