@@ -259,9 +259,14 @@ class Kernel:
         return failed
 
     def map_elements(self, name):
-        """[(key_parts, value, packets, comment)] of one of our maps/sets."""
-        data = self.nft.list_json("map ip %s %s" % (nftx.TABLE, name))
-        return parse_elements(data)
+        """[(key_parts, value, packets, comment)] of one of our maps, [] if it is not there.
+        Over netlink (nat/nftnetlink.py: libnftables' JSON listing of a 4k-element map left
+        ~17 MB on the heap); the JSON listing where netlink fails."""
+        try:
+            return nftnetlink.map_elements(nftx.TABLE, name, nftx.ELEMENT_LAYOUT[name])
+        except OSError as e:
+            log.warning("reading map %s over netlink: %s; listing it with libnftables", name, e)
+        return parse_elements(self.nft.list_json("map ip %s %s" % (nftx.TABLE, name)))
 
     # --- conntrack ----------------------------------------------------------------------------------------
     def flush_fallback(self):
@@ -351,9 +356,8 @@ def parse_elements(data):
                 packets = (inner.get("counter") or {}).get("packets", 0)
                 comment = inner.get("comment")
                 elem = inner.get("val")
-            if isinstance(elem, dict) and "concat" in elem:
-                key = tuple(elem["concat"])
-            else:
-                key = (elem,)
+            parts = elem["concat"] if isinstance(elem, dict) and "concat" in elem else [elem]
+            # nft 1.0.6's JSON prints a 64-bit payload (an IKE SPI) as a signed number
+            key = tuple(p + (1 << 64) if isinstance(p, int) and p < 0 else p for p in parts)
             out.append((key, value, packets, comment))
     return out

@@ -40,6 +40,18 @@ KEY_TYPES = {
     NATT_OUT: "typeof ip saddr . ip daddr : udp sport",
     NATT_IN: "typeof ip saddr . udp dport : ct zone",
 }
+# How each map's key parts and value sit in the kernel's registers, for the daemon's netlink
+# read of them (nat/nftnetlink.map_elements); in step with KEY_TYPES (tests/unit checks).
+ELEMENT_LAYOUT = {
+    LAN_ZONE: (("ip",), "zone"),
+    ESP_OUT: (("ip", "be32"), "zone"),
+    ZONE_LAN: (("zone",), "ip"),
+    IKE_ZONE: (("ip", "be64"), "zone"),
+    ESP_ZONE: (("ip", "be32"), "zone"),
+    L2TP_ZONE: (("ip", "be16"), "zone"),
+    NATT_OUT: (("ip", "ip"), "be16"),
+    NATT_IN: (("ip", "be16"), "zone"),
+}
 # Key-only twin of each demux map, for the "not known yet" tests in classify: kernels before 6.5
 # refuse a lookup on a map that does not use its value ("nf_tables: relax set/map validation
 # checks"), e.g. OpenWrt 23.05's 5.15 and Debian 12's 6.1. render_op keeps the twins in step.

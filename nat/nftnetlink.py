@@ -1,5 +1,8 @@
-"""One nf_tables rule the nft tool cannot write: the xt NFQUEUE target, for kernels without
-nft_queue (CONFIG_NFT_QUEUE off, e.g. this project's CI machines).
+"""nf_tables over netlink where libnftables does not serve: one rule the nft tool cannot write,
+and the dump of a map's elements with their counters.
+
+The rule: the xt NFQUEUE target, for kernels without nft_queue (CONFIG_NFT_QUEUE off, e.g. this
+project's CI machines).
 
 iptables-nft queues on such kernels through nft_compat: an nf_tables rule whose expression is
 the x_tables target NFQUEUE. The kernel accepts that expression in any table (NFQUEUE names no
@@ -9,18 +12,25 @@ classify again. (Before: classify set a mark, iptables' raw PREROUTING (-300) qu
 packets, a third hook (-250) zoned them: two more hooks on every forwarded packet.)
 The nft tool lists the rule as `xt target "NFQUEUE"`; libnftables has no syntax to add it, so
 the message is built here (linux/netfilter/nf_tables.h, nfnetlink.h, xt_NFQUEUE.h).
+
+The dump: the daemon reads the per-element packet counters of its demux maps every few seconds.
+`nft -j list map` through libnftables builds its whole cache of the map, the JSON text and its
+parse: with 4k elements glibc's heap grew by ~17 MB that it kept (measured in a namespace of
+our own; bench/memory.py). NFT_MSG_GETSETELEM is read here one netlink buffer at a time,
+elements decoded as the map's layout (nat/nftables.ELEMENT_LAYOUT) says.
 """
+import errno
 import os
 import socket
 import struct
 
-NETLINK_NETFILTER = 12
+from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+                           NLMSG_ERROR, NLMSG_DONE, attr as _attr, attr_list, attrs)
+
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWRULE = 6
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x400, 0x800
-NLMSG_ERROR = 2
-NLA_F_NESTED = 0x8000
+NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 6, 12, 13
+NLM_F_CREATE, NLM_F_APPEND = 0x400, 0x800
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
 NFTA_LIST_ELEM = 1
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
@@ -28,19 +38,20 @@ NFTA_TARGET_NAME, NFTA_TARGET_REV, NFTA_TARGET_INFO = 1, 2, 3
 NFTNL_UDATA_RULE_COMMENT = 0
 NFQ_FLAG_BYPASS, NFQ_FLAG_CPU_FANOUT = 0x01, 0x02
 NFQUEUE_REV = 3  # struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_USERDATA = 1, 2, 6
+NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 10  # one expression / several (kernel 5.11+)
+NFTA_DATA_VALUE = 1
+NFTA_COUNTER_PACKETS = 2
+NFTNL_UDATA_SET_ELEM_COMMENT = 0
 
 
 class NetlinkError(OSError):
     pass
 
 
-def _attr(kind, payload, nested=False):
-    head = struct.pack("=HH", 4 + len(payload), kind | (NLA_F_NESTED if nested else 0))
-    return head + payload + b"\0" * ((-len(payload)) % 4)
-
-
-def _msg(mtype, flags, seq, attrs, family=socket.AF_INET, res_id=0):
-    body = struct.pack("!BBH", family, 0, res_id) + attrs  # nfgenmsg
+def _msg(mtype, flags, seq, payload, family=socket.AF_INET, res_id=0):
+    body = struct.pack("!BBH", family, 0, res_id) + payload  # nfgenmsg
     return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
 
 
@@ -57,11 +68,11 @@ def queue_rule_batch(table, chain, queue_num, queue_count=1, comment="passthroug
     expr = _attr(NFTA_LIST_ELEM, _attr(NFTA_EXPR_NAME, b"target\0") + _attr(NFTA_EXPR_DATA, target, True), True)
     text = comment.encode() + b"\0"
     udata = struct.pack("BB", NFTNL_UDATA_RULE_COMMENT, len(text)) + text
-    attrs = (_attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
-             + _attr(NFTA_RULE_EXPRESSIONS, expr, True) + _attr(NFTA_RULE_USERDATA, udata))
+    rule = (_attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+            + _attr(NFTA_RULE_EXPRESSIONS, expr, True) + _attr(NFTA_RULE_USERDATA, udata))
     sub = NFNL_SUBSYS_NFTABLES << 8
     return (_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
-            + _msg(sub | NFT_MSG_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND, seq + 1, attrs)
+            + _msg(sub | NFT_MSG_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND, seq + 1, rule)
             + _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES))
 
 
@@ -86,3 +97,129 @@ def add_queue_rule(table, chain, queue_num, queue_count=1):
             return
         off += max(16, (length + 3) & ~3)
     raise NetlinkError(0, "no answer from nf_tables")
+
+
+# --- map elements ----------------------------------------------------------------------------------
+# A concatenated key's parts each take whole 32-bit registers (a 16-bit part is padded to 4
+# bytes, a 64-bit one takes 8); a lone part is its own length. Payload and addresses are in
+# network order, ct zone is a host-order u16. field: (size, decode).
+_FIELD = {"ip": (4, socket.inet_ntoa),
+          "be16": (2, lambda b: int.from_bytes(b, "big")),
+          "be32": (4, lambda b: int.from_bytes(b, "big")),
+          "be64": (8, lambda b: int.from_bytes(b, "big")),
+          "zone": (2, lambda b: struct.unpack("=H", b)[0])}
+
+
+def _value(buf, span, fields):
+    """The NFTA_DATA_VALUE inside a key / data attribute, decoded as fields (a tuple)."""
+    inner = attrs(buf, span[0], span[1]).get(NFTA_DATA_VALUE)
+    if inner is None:
+        return None
+    raw, out = bytes(buf[inner[0]:inner[1]]), []
+    for f in fields:
+        size, decode = _FIELD[f]
+        if len(raw) < size:
+            return None
+        out.append(decode(raw[:size]))
+        raw = raw[(size + 3) & ~3:]
+    return tuple(out)
+
+
+def _counter_packets(buf, start, end):
+    """Packets of one expression's attributes buf[start:end] if it is a counter, else None."""
+    a = attrs(buf, start, end)
+    name, data = a.get(NFTA_EXPR_NAME), a.get(NFTA_EXPR_DATA)
+    if name is None or data is None or bytes(buf[name[0]:name[1]]).rstrip(b"\0") != b"counter":
+        return None
+    pk = attrs(buf, data[0], data[1]).get(NFTA_COUNTER_PACKETS)
+    return struct.unpack_from("!Q", buf, pk[0])[0] if pk and pk[1] - pk[0] >= 8 else 0
+
+
+def _comment(buf, start, end):
+    off = start
+    while off + 2 <= end:
+        t, n = buf[off], buf[off + 1]
+        if t == NFTNL_UDATA_SET_ELEM_COMMENT:
+            return bytes(buf[off + 2:off + 2 + n]).rstrip(b"\0").decode(errors="replace")
+        off += 2 + n
+    return None
+
+
+def parse_elements(buf, off, end, layout):
+    """(key tuple, value, packets, comment) of each element in one NFT_MSG_NEWSETELEM body
+    buf[off:end] (after nfgenmsg), in nft's JSON terms: addresses as text, the rest as numbers,
+    value None in a set, packets 0 without a counter, comment None without one."""
+    key_fields, value_field = layout
+    lst = attrs(buf, off, end).get(NFTA_SET_ELEM_LIST_ELEMENTS)
+    if lst is None:
+        return
+    for t, s, e in attr_list(buf, lst[0], lst[1]):
+        if t != 1:  # NFTA_LIST_ELEM
+            continue
+        a = attrs(buf, s, e)
+        if NFTA_SET_ELEM_KEY not in a:
+            continue
+        key = _value(buf, a[NFTA_SET_ELEM_KEY], key_fields)
+        if key is None:
+            continue
+        value = None
+        if value_field and NFTA_SET_ELEM_DATA in a:
+            v = _value(buf, a[NFTA_SET_ELEM_DATA], (value_field,))
+            value = v[0] if v else None
+        packets = None
+        if NFTA_SET_ELEM_EXPR in a:
+            packets = _counter_packets(buf, *a[NFTA_SET_ELEM_EXPR])
+        elif NFTA_SET_ELEM_EXPRESSIONS in a:
+            exprs = a[NFTA_SET_ELEM_EXPRESSIONS]
+            for p in (_counter_packets(buf, s_, e_) for t_, s_, e_ in attr_list(buf, *exprs) if t_ == NFTA_LIST_ELEM):
+                if p is not None:
+                    packets = p
+                    break
+        comment = _comment(buf, *a[NFTA_SET_ELEM_USERDATA]) if NFTA_SET_ELEM_USERDATA in a else None
+        yield key, value, packets or 0, comment
+
+
+def getsetelem_msg(table, name, seq, family=socket.AF_INET):
+    which = _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+    return _msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq, which, family)
+
+
+def map_elements(table, name, layout, family=socket.AF_INET, bufsize=1 << 16):
+    """[(key tuple, value, packets, comment)] of map `name` of `table`; [] when the map (or
+    table) does not exist. A dump the kernel marks interrupted (the map changed under it: the
+    daemon adds elements meanwhile only from this thread, the kernel's timeouts do not mark it)
+    is retried twice, then returned as it is. Raises NetlinkError on other errors."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        s.settimeout(2.0)
+        s.bind((0, 0))
+        for attempt in range(3):
+            seq = attempt + 1
+            s.send(getsetelem_msg(table, name, seq, family))
+            out, intr, done = [], False, False
+            while not done:
+                data = s.recv(bufsize)
+                off = 0
+                while off + 16 <= len(data):
+                    mlen, mtype, mflags, mseq, _ = struct.unpack_from("=IHHII", data, off)
+                    if mlen < 16:
+                        break
+                    if mseq == seq:
+                        intr = intr or bool(mflags & NLM_F_DUMP_INTR)
+                        if mtype == NLMSG_DONE:
+                            done = True
+                        elif mtype == NLMSG_ERROR:
+                            err = -struct.unpack_from("=i", data, off + 16)[0]
+                            if err == errno.ENOENT:
+                                return []
+                            if err:
+                                raise NetlinkError(err, "listing %s %s: %s" % (table, name, os.strerror(err)))
+                            done = True
+                        elif mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM:
+                            out.extend(parse_elements(data, off + 20, min(off + mlen, len(data)), layout))
+                    off += (mlen + 3) & ~3
+            if not intr:
+                break
+        return out
+    finally:
+        s.close()

@@ -1,7 +1,10 @@
 """The xt NFQUEUE rule's netlink batch (pure; the lab tests install it in a kernel)."""
 import struct
 
+import pytest
+
 from nat import nftnetlink as X
+from nat.nfnetlink import NLA_F_NESTED
 
 
 def attrs(buf):
@@ -9,7 +12,7 @@ def attrs(buf):
     out, off = {}, 0
     while off + 4 <= len(buf):
         length, kind = struct.unpack_from("=HH", buf, off)
-        out[kind & ~X.NLA_F_NESTED] = buf[off + 4:off + length]
+        out[kind & ~NLA_F_NESTED] = buf[off + 4:off + length]
         off += (length + 3) & ~3
     return out
 
@@ -38,3 +41,94 @@ def test_batch_is_begin_newrule_end():
     assert struct.unpack("!I", target[X.NFTA_TARGET_REV]) == (3,)
     assert struct.unpack("=HHH", target[X.NFTA_TARGET_INFO][:6]) == (7100, 2, X.NFQ_FLAG_BYPASS)
     assert len(target[X.NFTA_TARGET_INFO]) == 8  # XT_ALIGN of the 6-byte struct
+
+
+# --- map elements (NFT_MSG_GETSETELEM dump) ---------------------------------------------------
+# One NFT_MSG_NEWSETELEM message of a 6.18 kernel (x86-64) dumping
+#   map ike_zone { typeof ip saddr . @th,64,64 : ct zone; counter; }
+# with 10.0.0.3 . 0x8000000000000001 counter packets 7 comment "ike 192.168.1.10 500 500 x" : 4099,
+# 10.0.0.2 . 0xffffffffffffffff : 65535 and 10.0.0.1 . 0x1122334455667788 comment "ike x" : 4097.
+IKE_DUMP = bytes.fromhex(
+    "580100000c0a020001000000041300000200000310000100706173737468726f756768000d000200696b655f7a6f"
+    "6e6500000000240103007400010014000100100001000a00000380000000000000010c00020006000100031000002c"
+    "0007000c000100636f756e746572001c0002000c00010000000000000002bc0c000200000000000000000721000600"
+    "001b696b65203139322e3136382e312e313020353030203530302078000000005000010014000100100001000a0000"
+    "02ffffffffffffffff0c00020006000100ffff00002c0007000c000100636f756e746572001c0002000c0001000000"
+    "0000000000000c00020000000000000000005c00010014000100100001000a00000111223344556677880c00020006"
+    "000100011000002c0007000c000100636f756e746572001c0002000c00010000000000000000000c00020000000000"
+    "000000000c0006000006696b65207800")
+
+
+def test_dump_of_a_real_kernel_parses_as_nft_lists_it():
+    import sys
+    if sys.byteorder != "little":
+        pytest.skip("the captured dump holds host-order ct zones of a little-endian machine")
+    got = list(X.parse_elements(IKE_DUMP, 20, len(IKE_DUMP), (("ip", "be64"), "zone")))
+    assert got == [(("10.0.0.3", 0x8000000000000001), 4099, 7, "ike 192.168.1.10 500 500 x"),
+                   (("10.0.0.2", 0xFFFFFFFFFFFFFFFF), 65535, 0, None),  # unsigned, not nft JSON's -1
+                   (("10.0.0.1", 0x1122334455667788), 4097, 0, "ike x")]
+
+
+def element(key, data=None, exprs=None, comment=None, many=False):
+    a = X._attr(X.NFTA_SET_ELEM_KEY, X._attr(X.NFTA_DATA_VALUE, key), True)
+    if data is not None:
+        a += X._attr(X.NFTA_SET_ELEM_DATA, X._attr(X.NFTA_DATA_VALUE, data), True)
+    if exprs:
+        one = [X._attr(X.NFTA_EXPR_NAME, name + b"\0") + X._attr(X.NFTA_EXPR_DATA, body, True) for name, body in exprs]
+        if many:
+            a += X._attr(X.NFTA_SET_ELEM_EXPRESSIONS, b"".join(X._attr(X.NFTA_LIST_ELEM, e, True) for e in one), True)
+        else:
+            a += X._attr(X.NFTA_SET_ELEM_EXPR, one[0], True)
+    if comment is not None:
+        text = comment.encode() + b"\0"
+        a += X._attr(X.NFTA_SET_ELEM_USERDATA, struct.pack("BB", X.NFTNL_UDATA_SET_ELEM_COMMENT, len(text)) + text)
+    return X._attr(X.NFTA_LIST_ELEM, a, True)
+
+
+def body(*elements):
+    return (struct.pack("!BBH", 2, 0, 0) + X._attr(X.NFTA_SET_ELEM_LIST_TABLE, b"passthrough\0")
+            + X._attr(X.NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements), True))
+
+
+def counter(packets):
+    return (b"counter", X._attr(1, struct.pack("!Q", packets * 100)) + X._attr(X.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets)))
+
+
+def test_layouts_pad_parts_to_registers_and_read_counters_in_either_form():
+    zone, remote = struct.pack("=H", 4100), bytes([203, 0, 113, 2])
+    cases = [((("ip", "be16"), "zone"), element(remote + b"\x11\x22\0\0", zone, [counter(5)], "l2tp"),
+              (("203.0.113.2", 0x1122), 4100, 5, "l2tp")),                       # a 16-bit part padded
+             ((("zone",), "ip"), element(zone, bytes([192, 168, 1, 10])),
+              ((4100,), "192.168.1.10", 0, None)),                               # a lone 16-bit key
+             ((("ip", "be32"), "zone"), element(remote + struct.pack("!I", 0xC0FFEE), zone,
+                                                [(b"limit", b""), counter(9)], many=True),
+              (("203.0.113.2", 0xC0FFEE), 4100, 9, None))]                      # several expressions
+    for layout, elem, want in cases:
+        b = body(elem)
+        assert list(X.parse_elements(b, 4, len(b), layout)) == [want], layout
+
+
+def test_cut_or_garbled_dumps_give_fewer_elements_never_an_error():
+    import random
+    rnd = random.Random(7)
+    layout = (("ip", "be64"), "zone")
+    full = len(list(X.parse_elements(IKE_DUMP, 20, len(IKE_DUMP), layout)))
+    for cut in range(20, len(IKE_DUMP)):
+        assert len(list(X.parse_elements(IKE_DUMP[:cut], 20, cut, layout))) <= full
+    for _ in range(300):
+        b = bytearray(IKE_DUMP)
+        for _ in range(4):
+            b[rnd.randrange(20, len(b))] = rnd.randrange(256)
+        list(X.parse_elements(bytes(b), 20, len(b), layout))  # must not raise
+    short = body(element(b"\x0a\0\0"))  # a key shorter than its layout: skipped
+    assert list(X.parse_elements(short, 4, len(short), (("ip",), None))) == []
+
+
+def test_every_map_has_a_layout_matching_its_type():
+    from nat import nftables as N
+    assert set(N.ELEMENT_LAYOUT) == set(N.KEY_TYPES)
+    words = {"ip saddr": "ip", "ip daddr": "ip", "udp sport": "be16", "udp dport": "be16", "ct zone": "zone",
+             "@th,0,32": "be32", "@th,64,64": "be64", "@th,96,16": "be16"}
+    for name, text in N.KEY_TYPES.items():
+        key, value = text[len("typeof "):].split(" : ")
+        assert N.ELEMENT_LAYOUT[name] == (tuple(words[p] for p in key.split(" . ")), words[value]), name
