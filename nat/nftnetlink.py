@@ -136,6 +136,7 @@ def _counter_packets(buf, start, end):
 
 
 def _comment(buf, start, end):
+    """The comment among the (type, length, bytes) records of an element's userdata (libnftnl's udata)."""
     off = start
     while off + 2 <= end:
         t, n = buf[off], buf[off + 1]
@@ -154,7 +155,7 @@ def parse_elements(buf, off, end, layout):
     if lst is None:
         return
     for t, s, e in attr_list(buf, lst[0], lst[1]):
-        if t != 1:  # NFTA_LIST_ELEM
+        if t != NFTA_LIST_ELEM:
             continue
         a = attrs(buf, s, e)
         if NFTA_SET_ELEM_KEY not in a:
@@ -170,11 +171,9 @@ def parse_elements(buf, off, end, layout):
         if NFTA_SET_ELEM_EXPR in a:
             packets = _counter_packets(buf, *a[NFTA_SET_ELEM_EXPR])
         elif NFTA_SET_ELEM_EXPRESSIONS in a:
-            exprs = a[NFTA_SET_ELEM_EXPRESSIONS]
-            for p in (_counter_packets(buf, s_, e_) for t_, s_, e_ in attr_list(buf, *exprs) if t_ == NFTA_LIST_ELEM):
-                if p is not None:
-                    packets = p
-                    break
+            counts = [_counter_packets(buf, es, ee) for et, es, ee in attr_list(buf, *a[NFTA_SET_ELEM_EXPRESSIONS])
+                      if et == NFTA_LIST_ELEM]
+            packets = next((c for c in counts if c is not None), None)
         comment = _comment(buf, *a[NFTA_SET_ELEM_USERDATA]) if NFTA_SET_ELEM_USERDATA in a else None
         yield key, value, packets or 0, comment
 
@@ -186,9 +185,8 @@ def getsetelem_msg(table, name, seq, family=socket.AF_INET):
 
 def map_elements(table, name, layout, family=socket.AF_INET, bufsize=1 << 16):
     """[(key tuple, value, packets, comment)] of map `name` of `table`; [] when the map (or
-    table) does not exist. A dump the kernel marks interrupted (the map changed under it: the
-    daemon adds elements meanwhile only from this thread, the kernel's timeouts do not mark it)
-    is retried twice, then returned as it is. Raises NetlinkError on other errors."""
+    table) does not exist. A dump the kernel marks interrupted (the ruleset changed between its
+    parts) is retried twice, then returned as it is. Raises NetlinkError on other errors."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         s.settimeout(2.0)
