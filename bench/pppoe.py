@@ -101,11 +101,7 @@ def _mode(lab, mode):
     lab.wait_for(lambda: bool(lab.offload().get("active")) == want, 30, interval=0.3,
                  what="offload %s" % ("on" if want else "off"))
     if want:
-        def carried():
-            c0 = lab.carried()
-            g.run("ip netns exec c1 ping -c 3 -i 0.2 -W 3 10.99.0.1", timeout=30)
-            return lab.carried() - c0 >= 6
-        lab.wait_for(carried, 60, interval=0.5, what="c1's pings carried by the program over PPPoE")
+        lab.wait_for(lab.pings_carried, 60, interval=0.5, what="c1's pings carried by the program over PPPoE")
 
 
 def _blast(lab, host_ns, frame, seconds, workdir, rate):
@@ -146,14 +142,7 @@ def measure(workdir, seconds=3.0, reps=3, sizes=(100, 1400), rate="100000pps", l
         lab = QemuLab(router, workdir)
         lab.install("opkg")
         lab.wait_daemon()
-        fw = lab.sh("uci show firewall")
-        zone = re.search(r"^firewall\.(@zone\[\d+\])\.name='wan'$", fw, re.M).group(1)
-        r = g.run("pt-vpnlab pppoe-up", timeout=90)
-        if r.rc != 0:
-            raise RuntimeError("pppoe-up: %r" % r)
-        lab.sh("uci add_list firewall.%s.device='pppoe-wan' && uci commit firewall && fw4 -q reload" % zone)
-        lab.uci_set(wan_device="pppoe-wan")
-        g.run("reload_config")
+        lab.pppoe_wan_up()  # the guest is thrown away after: nothing to undo
         r = g.run("VPNLAB_WAN=pppoe pt-vpnlab up", timeout=180)
         if r.rc != 0:
             raise RuntimeError("pt-vpnlab up over PPPoE: %r" % r)

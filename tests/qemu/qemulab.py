@@ -155,6 +155,39 @@ class QemuLab:
         """Packets the BPF program has carried so far (0 while it is not active)."""
         return self.offload().get("program", {}).get("carried", 0)
 
+    def pings_carried(self, count=3):
+        """c1's pings through its tunnel to s1's 10.99.0.1 (pt-vpnlab up) answered, and each
+        request and reply carried by the BPF program."""
+        c0 = self.carried()
+        p = self.guest.run("ip netns exec c1 ping -c %d -i 0.2 -W 3 10.99.0.1" % count, timeout=30)
+        return p.rc == 0 and self.carried() - c0 >= 2 * count
+
+    def pppoe_wan_up(self):
+        """The router's WAN becomes PPPoE: it dials the ISP namespace's pppoe-server (pt-vpnlab
+        pppoe-up), pppoe-wan joins fw4's wan zone and is passthrough's wan_device. Returns what
+        pppoe_wan_down needs to undo it."""
+        fw = self.sh("uci show firewall")
+        zone = re.search(r"^firewall\.(@zone\[\d+\])\.name='wan'$", fw, re.M)
+        assert zone, fw
+        zone = zone.group(1)
+        undo = zone, self.sh("uci get passthrough.global.wan_device").strip()
+        try:
+            r = self.guest.run("pt-vpnlab pppoe-up", timeout=90)
+            assert r.rc == 0 and "203.0.113.101" in r.stdout, r
+            self.sh("uci add_list firewall.%s.device='pppoe-wan' && uci commit firewall && fw4 -q reload" % zone)
+            self.uci_set(wan_device="pppoe-wan")
+            self.sh("reload_config")
+        except BaseException:
+            self.pppoe_wan_down(undo)
+            raise
+        return undo
+
+    def pppoe_wan_down(self, undo):
+        zone, wan_device = undo
+        self.sh("uci -q del_list firewall.%s.device='pppoe-wan'; uci commit firewall; fw4 -q reload" % zone)
+        self.uci_set(wan_device=wan_device)
+        self.guest.run("passthrough reload")
+
     def uci_set(self, **options):
         for k, v in options.items():
             self.sh("uci set passthrough.global.%s=%s" % (k, v))

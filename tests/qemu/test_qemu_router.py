@@ -7,7 +7,6 @@ the guest kernel has it. The guest's 6.1 kernel is also the older-kernel check o
 package is installed with the real opkg, the daemon runs under procd and is configured through
 the real uci. Each test uses SPIs / tunnel ids of its own.
 """
-import re
 import statistics
 import time
 
@@ -418,14 +417,8 @@ def test_real_l2tp_ipsec_client_kernel_ipsec_xl2tpd_pppd(qlab):
         assert "ike" in kinds and "natt" in kinds, flows
         assert kinds["natt"]["state"] == "up" and kinds["natt"]["lan_port"] == 4500 and kinds["natt"]["wan_port"] == 4500, flows
         assert kinds["natt"]["remote_ip"] == "203.0.113.20"
-
-        def ping_carried():
-            c0 = qlab.carried()
-            p = g.run("ip netns exec c1 ping -c 3 -i 0.2 -W 3 10.99.0.1", timeout=30)
-            return p.rc == 0 and qlab.carried() - c0 >= 6
-
         t = time.time()
-        qlab.wait_for(ping_carried, 40, interval=0.5, what="the real client's pings carried by the BPF offload")
+        qlab.wait_for(qlab.pings_carried, 40, interval=0.5, what="the real client's pings carried by the BPF offload")
         qlab.results["l2tp_ipsec_real_client_offloaded_after_s"] = round(time.time() - t, 1)
     finally:
         g.run("pt-vpnlab down", timeout=60)
@@ -441,28 +434,14 @@ def test_bpf_offload_on_a_pppoe_wan_carries_a_real_l2tp_ipsec_client(qlab):
     Then the session is dialled again (a PPPoE reconnect: a new pppoe-wan, a new ifindex): the
     program is on the new device and carries again."""
     g = qlab.guest
-    fw = qlab.sh("uci show firewall")
-    zone = re.search(r"^firewall\.(@zone\[\d+\])\.name='wan'$", fw, re.M)
-    assert zone, fw
-    zone = zone.group(1)
-    wan_device = qlab.sh("uci get passthrough.global.wan_device").strip()
 
     def on_ppp():
         o = qlab.offload()
         return o.get("active") and "offload_l3" in qlab.sh("tc filter show dev pppoe-wan ingress") and o
 
-    def ping_carried():
-        c0 = qlab.carried()
-        p = g.run("ip netns exec c1 ping -c 3 -i 0.2 -W 3 10.99.0.1", timeout=30)
-        return p.rc == 0 and qlab.carried() - c0 >= 6
-
+    g.run("conntrack -F")
+    undo = qlab.pppoe_wan_up()
     try:
-        g.run("conntrack -F")
-        r = g.run("pt-vpnlab pppoe-up", timeout=90)
-        assert r.rc == 0 and "203.0.113.101" in r.stdout, r
-        qlab.sh("uci add_list firewall.%s.device='pppoe-wan' && uci commit firewall && fw4 -q reload" % zone)
-        qlab.uci_set(wan_device="pppoe-wan")
-        qlab.sh("reload_config")
         qlab.wait_for(on_ppp, 30, interval=0.3, what="the offload program on pppoe-wan")
         assert "a PPP port" in qlab.sh("logread -e passthrough | grep 'BPF offload on' | tail -n 1")
         r = g.run("VPNLAB_WAN=pppoe pt-vpnlab up", timeout=180)
@@ -472,7 +451,7 @@ def test_bpf_offload_on_a_pppoe_wan_carries_a_real_l2tp_ipsec_client(qlab):
         ct = qlab.sh("conntrack -L -p udp --dport 4500 -s 192.168.1.20 2>/dev/null")
         assert "dst=203.0.113.101" in ct, ct  # masqueraded to the PPPoE address
         t = time.time()
-        qlab.wait_for(ping_carried, 40, interval=0.5, what="the client's pings carried over PPPoE")
+        qlab.wait_for(qlab.pings_carried, 40, interval=0.5, what="the client's pings carried over PPPoE")
         qlab.results["pppoe_offloaded_after_s"] = round(time.time() - t, 1)
         # a reconnect: the same address again (the ISP's -R), a new device
         before = qlab.sh("cat /sys/class/net/pppoe-wan/ifindex").strip()
@@ -483,12 +462,10 @@ def test_bpf_offload_on_a_pppoe_wan_carries_a_real_l2tp_ipsec_client(qlab):
         assert r.rc == 0, r
         assert qlab.sh("cat /sys/class/net/pppoe-wan/ifindex").strip() != before
         qlab.wait_for(on_ppp, 30, interval=0.3, what="the offload program on the new pppoe-wan")
-        qlab.wait_for(ping_carried, 40, interval=0.5, what="the client's pings carried after the reconnect")
+        qlab.wait_for(qlab.pings_carried, 40, interval=0.5, what="the client's pings carried after the reconnect")
     finally:
         g.run("pt-vpnlab down", timeout=90)
-        qlab.sh("uci -q del_list firewall.%s.device='pppoe-wan'; uci commit firewall; fw4 -q reload" % zone)
-        qlab.uci_set(wan_device=wan_device)
-        g.run("passthrough reload")
+        qlab.pppoe_wan_down(undo)
     assert qlab.offload().get("active"), qlab.offload()
     assert "offload" in qlab.sh("tc filter show dev br-wan ingress")
 
