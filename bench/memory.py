@@ -16,9 +16,12 @@ daemon: the resident set (VmRSS, and its anonymous / file-backed parts) of the d
         interpreter (`python -c pass`, as the daemon is started) and the same interpreter
         after loading, by ctypes, every shared library the running daemon has mapped that is not
         part of Python itself (libnftables, libnetfilter_queue, libbpf, ...).
+guest:  the same on the QEMU router (OpenWrt's python3 on musl, the package installed by opkg
+        and started by procd): the router's numbers; the host's are glibc's and Debian's.
 """
 import gc
 import os
+import shutil
 import struct
 import subprocess
 import time
@@ -238,7 +241,79 @@ def daemon_rss(sizes=(1000, 4000), log=print, workdir="/run/passthrough-lab/bm",
     return out
 
 
-def measure(sizes=(10000, 100000), log=print):
+# Run in the guest with the daemon's pid: its VmRSS parts, and the two floors measured there.
+_GUEST_PROBE = r"""
+import ctypes, subprocess, sys
+pid = int(sys.argv[1])
+def rss(path):
+    return dict((l.split(':')[0], int(l.split()[1])) for l in open(path) if l.split(':')[0] in ('VmRSS', 'RssAnon', 'RssFile'))
+libs = sorted(set(l.split()[-1] for l in open('/proc/%d/maps' % pid)
+                  if '.so' in l and l.split()[-1].startswith('/') and '/python3' not in l.split()[-1]
+                  and 'libpython' not in l.split()[-1]))
+bare = subprocess.run([sys.executable, '-c', "print(open('/proc/self/status').read())"], capture_output=True, text=True).stdout
+code = 'import ctypes, sys\nfor p in sys.argv[1:]:\n    ctypes.CDLL(p)\nprint(open("/proc/self/status").read())'
+loaded = subprocess.run([sys.executable, '-c', code] + libs, capture_output=True, text=True).stdout
+kb = lambda text: [int(l.split()[1]) for l in text.splitlines() if l.startswith('VmRSS')][0]
+print(repr({'daemon': rss('/proc/%d/status' % pid), 'bare': kb(bare), 'with_libs': kb(loaded), 'libs': libs}))
+"""
+
+
+def guest_rss(workdir, sizes=(1000, 4000), log=print):
+    """The daemon on the QEMU router as shipped (OpenWrt's python3 on musl, installed by opkg,
+    started by procd, byte code caches written by the postinst): VmRSS idle and with 1k / 4k
+    IKE SAs from one LAN host, and the same two floors measured in the guest."""
+    import ast
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "qemu"))
+    import ptqemu
+    from qemulab import QemuLab
+    top = max(sizes)
+    os.makedirs(workdir, exist_ok=True)
+    router = ptqemu.Router(os.environ.get("PT_QEMU_IMAGE", "/var/cache/passthrough-qemu/image-test"), workdir=workdir)
+    out = {"unit": "kB", "flows": {}}
+    try:
+        router.up()
+        lab = QemuLab(router, workdir)
+        lab.install("opkg")
+        lab.wait_daemon()
+        lab.uci_set(max_flows=top + 64, flows_per_host=top + 64)
+        lab.sh("passthrough reload")
+        pid = lab.daemon_pid()
+        time.sleep(5.0)
+
+        def probe():
+            return ast.literal_eval(lab.sh("python3 - %d <<'EOF'\n%sEOF" % (pid, _GUEST_PROBE), timeout=120).strip())
+
+        p = probe()
+        out.update(idle=p["daemon"], floor_bare_interpreter=p["bare"], floor_with_c_libraries=p["with_libs"],
+                   c_libraries=[os.path.basename(x) for x in p["libs"]], python=lab.sh("python3 -V").strip(),
+                   accel=router.guest.accel)
+        have = 0
+        host, server = router.topo.lan_hosts[0], ptqemu.SERVER_IPS[0]
+        for n in sorted(sizes):
+            _send_ike(host, router.topo.lan_ip(0), server, 0x6000000000 + have, n - have, rate=500)
+            have = n
+            deadline, flows = time.time() + 120, 0
+            while time.time() < deadline:
+                flows = lab.stats()["flows"]
+                if flows >= n:
+                    break
+                time.sleep(1.0)
+            time.sleep(5.0)
+            r = probe()["daemon"]
+            r["tracked"] = flows
+            out["flows"][str(n)] = r
+            log("  memory guest daemon %5d flows (tracked %d): VmRSS %d kB (anon %d, file %d)" % (
+                n, flows, r["VmRSS"], r.get("RssAnon", 0), r.get("RssFile", 0)))
+        log("  memory guest daemon idle %d kB; floors: bare interpreter %d kB, + C libraries %d kB (%s; %s)" % (
+            out["idle"]["VmRSS"], out["floor_bare_interpreter"], out["floor_with_c_libraries"],
+            ", ".join(out["c_libraries"]), out["python"]))
+    finally:
+        router.down()
+    return out
+
+
+def measure(sizes=(10000, 100000), log=print, workdir="/tmp/passthrough-bench/memory-guest"):
     out = {"engine": {}, "kernel": {}, "target_bytes": 1024}
     try:
         r = bpf_bytes_per_entry()
@@ -252,6 +327,14 @@ def measure(sizes=(10000, 100000), log=print):
     except Exception as e:  # noqa: BLE001 - reported, the other parts still measure
         out["daemon"] = {"error": str(e)}
         log("  memory daemon RSS: not measured (%s)" % e)
+    if shutil.which("qemu-system-x86_64"):
+        try:
+            out["guest"] = guest_rss(workdir, log=log)
+        except Exception as e:  # noqa: BLE001 - reported, the other parts still measure
+            out["guest"] = {"error": "%s: %s" % (type(e).__name__, e)}
+            log("  memory guest daemon RSS: not measured (%s)" % out["guest"]["error"])
+    else:
+        out["guest"] = {"error": "qemu-system-x86_64 missing"}
     for n in sizes:
         for kind in ("ike", "esp"):
             r = engine_bytes_per_flow(n, kind)

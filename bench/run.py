@@ -324,6 +324,10 @@ def targets(res):
             t["memory_daemon_rss_kb"] = rss
             t["memory_daemon_floor_kb"] = dm.get("floor_with_c_libraries")
             t["memory_daemon_met"] = rss.get("1000", 1 << 30) <= 12 * 1024 and rss.get("4000", 1 << 30) <= 16 * 1024
+        gm = res["memory"].get("guest") or {}
+        if gm.get("flows"):  # the same on the QEMU router, started by procd
+            t["memory_guest_daemon_rss_kb"] = dict((k, v["VmRSS"]) for k, v in gm["flows"].items())
+            t["memory_guest_daemon_floor_kb"] = gm.get("floor_with_c_libraries")
         if "bpf" in res["memory"]:
             t["memory_bpf_bytes_per_offloaded_flow"] = res["memory"]["bpf"]["bytes_per_offloaded_flow"]
     return t
