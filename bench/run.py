@@ -106,7 +106,7 @@ def plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(20, 9))
+    fig, axes = plt.subplots(3, 3, figsize=(20, 13.5))
     ax = axes[0][0]
     dp = res.get("dataplane")
     if dp:
@@ -186,6 +186,47 @@ def plot(res, path):
         _label(ax, x, cases, "x kernel-only", "Floor of 'zones only for shared remotes' (100 B)")
     else:
         ax.axis("off")
+    ax = axes[2][0]
+    runs = [(name, (mem or {}).get(part) or {}) for name, part in (("host lab", "daemon"), ("QEMU router", "guest"))]
+    runs = [(n, d) for n, d in runs if d.get("flows")]
+    if runs:
+        cols = ["floor_bare_interpreter", "floor_with_c_libraries", "idle", "1000", "4000"]
+        labels = ["bare\ninterpreter", "+ C libraries", "daemon idle", "daemon\n1k flows", "daemon\n4k flows"]
+        x = range(len(cols))
+        w = 0.8 / len(runs)
+        for j, (name, d) in enumerate(runs):
+            kb = [d[c] if c.startswith("floor") else (d["idle"] if c == "idle" else d["flows"][c])["VmRSS"] for c in cols]
+            ax.bar([i - 0.4 + w * (j + 0.5) for i in x], [v / 1024.0 for v in kb], w, label=name)
+        for mb, at in ((12, 3), (16, 4)):
+            ax.plot([at - 0.45, at + 0.45], [mb, mb], color="red", linestyle="--", linewidth=1)
+        ax.plot([], [], color="red", linestyle="--", linewidth=1, label="target 12 / 16 MB")
+        _label(ax, x, labels, "MB VmRSS", "Daemon resident memory (1k / 4k IKE SAs)")
+    ax = axes[2][1]
+    pp = res.get("pppoe") or {}
+    if pp.get("modes"):
+        sizes = sorted(pp["modes"]["kernel"], key=int)
+        modes = [("kernel", "kernel NAT (fw4)"), ("offload", "passthrough, offload"), ("nft_path", "passthrough, offload off")]
+        x = range(len(sizes))
+        for j, (m, name) in enumerate(modes):
+            ax.bar([i - 0.3 + 0.3 * j for i in x], [pp["modes"][m][z]["pps"] / 1000.0 for z in sizes], 0.3, label=name)
+        for i, z in enumerate(sizes):
+            for j, m in ((1, "offload"), (2, "nft_path")):
+                ax.text(i - 0.3 + 0.3 * j, pp["modes"][m][z]["pps"] / 1000.0, "%.2f" % pp["ratios"]["%s_vs_kernel" % m][z],
+                        ha="center", va="bottom", fontsize=8)
+        _label(ax, x, ["%s B up" % z for z in sizes], "kpkt/s (guest, TCG)", "VPN data over a PPPoE WAN (QEMU router)")
+    ax = axes[2][2]
+    fo = res.get("floor_other")
+    if fo:
+        from bench.floor import OTHER_STEPS
+        cases = sorted(fo)
+        steps = [st for st in OTHER_STEPS[1:] if st in fo[cases[0]]]
+        x = range(len(steps))
+        w = 0.8 / len(cases)
+        for j, c in enumerate(cases):
+            ax.bar([i - 0.4 + w * (j + 0.5) for i in x], [fo[c][st]["ratio"] for st in steps], w, label=c)
+        ax.axhline(0.98, color="red", linestyle="--", linewidth=1, label="target 0.98")
+        ax.set_ylim(0.8, 1.05)
+        _label(ax, x, steps, "x kernel-only", "Other traffic (100 B): each hook's cost", tick_fontsize=7, rotation=30)
     fig.suptitle("passthrough benchmarks (%s, kernel %s, %s CPUs)" % (res["meta"]["date"], res["meta"]["kernel"],
                                                                     res["meta"]["cpus"]))
     fig.tight_layout()
