@@ -103,6 +103,7 @@ class Kernel:
         self.backend = None
         self.iptables = _iptables()
         self.prefilter = None  # ifindexes where the BPF offload marks VPN candidates (nftables.render_fastpath)
+        self._netlink_read_failing = False  # map_elements' warning, logged once per spell
 
     # --- capability detection -----------------------------------------------------------------
     def detect_backend(self):
@@ -263,9 +264,13 @@ class Kernel:
         Over netlink (nat/nftnetlink.py: libnftables' JSON listing of a 4k-element map left
         ~17 MB on the heap); the JSON listing where netlink fails."""
         try:
-            return nftnetlink.map_elements(nftx.TABLE, name, nftx.ELEMENT_LAYOUT[name])
+            got = nftnetlink.map_elements(nftx.TABLE, name, nftx.ELEMENT_LAYOUT[name])
+            self._netlink_read_failing = False
+            return got
         except OSError as e:
-            log.warning("reading map %s over netlink: %s; listing it with libnftables", name, e)
+            if not self._netlink_read_failing:  # once per failing spell: the refresh runs every few seconds
+                log.warning("reading map %s over netlink: %s; listing it with libnftables meanwhile", name, e)
+            self._netlink_read_failing = True
         return parse_elements(self.nft.list_json("map ip %s %s" % (nftx.TABLE, name)))
 
     # --- conntrack ----------------------------------------------------------------------------------------

@@ -132,3 +132,22 @@ def test_every_map_has_a_layout_matching_its_type():
     for name, text in N.KEY_TYPES.items():
         key, value = text[len("typeof "):].split(" : ")
         assert N.ELEMENT_LAYOUT[name] == (tuple(words[p] for p in key.split(" . ")), words[value]), name
+
+
+def test_map_read_falls_back_to_the_json_listing_and_warns_once(monkeypatch, caplog):
+    from nat import kernel as K
+    from passthrough.config import Config
+
+    class FakeNft:
+        def list_json(self, what):
+            return [{"map": {"elem": [[{"concat": ["203.0.113.2", -1]}, 4097]]}}]
+
+    def refuse(*args, **kw):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(K.nftnetlink, "map_elements", refuse)
+    k = K.Kernel(Config({}), nft=FakeNft())
+    with caplog.at_level("WARNING", logger="passthrough.kernel"):
+        for _ in range(3):
+            assert k.map_elements("ike_zone") == [(("203.0.113.2", 0xFFFFFFFFFFFFFFFF), 4097, 0, None)]
+    assert len([r for r in caplog.records if "over netlink" in r.getMessage()]) == 1
