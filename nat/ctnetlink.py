@@ -15,8 +15,9 @@ import os
 import socket
 import struct
 
-from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-                           NLMSG_ERROR, NLMSG_DONE, attr as _attr, attrs as _attrs)
+from nat import nfnetlink
+from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLMSG_ERROR,
+                           attr as _attr, attrs as _attrs)
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
@@ -150,32 +151,16 @@ class Conntrack:
         """[(entry dict, its CTA_TUPLE_ORIG attribute bytes)] of the IPv4 table's entries for
         which keep(entry) is true (only those are kept: a router's table can hold 10^4-10^5). A
         dump the kernel marks interrupted (NLM_F_DUMP_INTR: the table changed under it) is retried."""
-        for _ in range(3):
-            self.seq = (self.seq + 1) & 0xFFFFFFFF
-            self.sock.send(dump_msg(self.seq))
-            out, intr, done = [], False, False
-            while not done:
-                data = self.sock.recv(1 << 20)
-                off = 0
-                while off + 16 <= len(data):
-                    mlen, mtype, mflags, mseq, _ = struct.unpack_from("=IHHII", data, off)
-                    if mseq == self.seq:
-                        intr = intr or bool(mflags & NLM_F_DUMP_INTR)
-                        if mtype == NLMSG_DONE:
-                            done = True
-                        elif mtype == NLMSG_ERROR:
-                            err = -struct.unpack_from("=i", data, off + 16)[0]
-                            if err:
-                                raise OSError(err, "ctnetlink dump: %s" % os.strerror(err))
-                            done = True
-                        elif mtype == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
-                            e = parse_entry(data, off + 16, off + mlen)
-                            if e is not None and keep(e):
-                                s, end = _attrs(data, off + 20, off + mlen)[CTA_TUPLE_ORIG]
-                                out.append((e, bytes(data[s - 4:end])))
-                    off += max(16, (mlen + 3) & ~3)
-            if not intr:
-                return out
+        def kept(data, start, end):
+            e = parse_entry(data, start, end)
+            if e is not None and keep(e):
+                s, stop = _attrs(data, start + 4, end)[CTA_TUPLE_ORIG]
+                yield e, bytes(data[s - 4:stop])
+
+        out, err, self.seq = nfnetlink.dump(self.sock, dump_msg, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
+                                            kept, self.seq, bufsize=1 << 20)
+        if err:
+            raise OSError(err, "ctnetlink dump: %s" % os.strerror(err))
         return out
 
     def delete_matching(self, match):

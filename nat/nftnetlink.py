@@ -24,8 +24,9 @@ import os
 import socket
 import struct
 
-from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-                           NLMSG_ERROR, NLMSG_DONE, attr as _attr, attr_list, attrs)
+from nat import nfnetlink
+from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLMSG_ERROR,
+                           attr as _attr, attr_list, attrs)
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
@@ -191,33 +192,13 @@ def map_elements(table, name, layout, family=socket.AF_INET, bufsize=1 << 16):
     try:
         s.settimeout(2.0)
         s.bind((0, 0))
-        for attempt in range(3):
-            seq = attempt + 1
-            s.send(getsetelem_msg(table, name, seq, family))
-            out, intr, done = [], False, False
-            while not done:
-                data = s.recv(bufsize)
-                off = 0
-                while off + 16 <= len(data):
-                    mlen, mtype, mflags, mseq, _ = struct.unpack_from("=IHHII", data, off)
-                    if mlen < 16:
-                        break
-                    if mseq == seq:
-                        intr = intr or bool(mflags & NLM_F_DUMP_INTR)
-                        if mtype == NLMSG_DONE:
-                            done = True
-                        elif mtype == NLMSG_ERROR:
-                            err = -struct.unpack_from("=i", data, off + 16)[0]
-                            if err == errno.ENOENT:
-                                return []
-                            if err:
-                                raise NetlinkError(err, "listing %s %s: %s" % (table, name, os.strerror(err)))
-                            done = True
-                        elif mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM:
-                            out.extend(parse_elements(data, off + 20, min(off + mlen, len(data)), layout))
-                    off += (mlen + 3) & ~3
-            if not intr:
-                break
-        return out
+        out, err, _ = nfnetlink.dump(s, lambda seq: getsetelem_msg(table, name, seq, family),
+                                     (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
+                                     lambda data, start, end: parse_elements(data, start + 4, end, layout), 0, bufsize)
     finally:
         s.close()
+    if err == errno.ENOENT:
+        return []
+    if err:
+        raise NetlinkError(err, "listing %s %s: %s" % (table, name, os.strerror(err)))
+    return out
