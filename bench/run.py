@@ -101,6 +101,16 @@ def _label(ax, ticks, labels, ylabel, title, tick_fontsize=8, rotation=0, legend
     ax.legend(fontsize=8, loc=legend_loc)
 
 
+def _grouped(ax, n, series):
+    """Series [(label, values)] as bars side by side at ticks 0..n-1; the bars' x per series."""
+    w = 0.8 / len(series)
+    xs = []
+    for j, (label, values) in enumerate(series):
+        xs.append([i - 0.4 + w * (j + 0.5) for i in range(n)])
+        ax.bar(xs[-1], values, w, label=label)
+    return xs
+
+
 def plot(res, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -113,15 +123,13 @@ def plot(res, path):
         rows = dp["rows"]
         labels = ["%s %s %dB" % (r["flow"], r["direction"], r["size"]) for r in rows]
         x = range(len(rows))
-        nft = "nft_path_pps" in rows[0]
-        w = 0.27 if nft else 0.4
-        ax.bar([i - w for i in x] if nft else [i - 0.2 for i in x], [r["kernel_pps"] / 1000.0 for r in rows], w,
-               label="kernel NAT only")
-        ax.bar(list(x) if nft else [i + 0.2 for i in x], [r["passthrough_pps"] / 1000.0 for r in rows], w,
-               label="passthrough (BPF offload)" if dp.get("offload") else "passthrough")
-        if nft:
-            ax.bar([i + w for i in x], [r["nft_path_pps"] / 1000.0 for r in rows], w, label="passthrough, offload off")
-        for i, r in zip(x, rows):
+        series = [("kernel NAT only", [r["kernel_pps"] / 1000.0 for r in rows]),
+                  ("passthrough (BPF offload)" if dp.get("offload") else "passthrough",
+                   [r["passthrough_pps"] / 1000.0 for r in rows])]
+        if "nft_path_pps" in rows[0]:
+            series.append(("passthrough, offload off", [r["nft_path_pps"] / 1000.0 for r in rows]))
+        xs = _grouped(ax, len(rows), series)
+        for i, r in zip(xs[1], rows):
             ax.text(i, r["passthrough_pps"] / 1000.0, "%.2f" % r["ratio"], ha="center", va="bottom", fontsize=7)
         _label(ax, x, labels, "kpkt/s (one sender CPU)", "Data plane forwarding (ratio above bars; target 0.95)",
                tick_fontsize=7, rotation=60, legend_loc="lower left")
@@ -131,10 +139,10 @@ def plot(res, path):
     if cp:
         names = [n for n in ("ike_known", "l2tp_ctl", "ike_new") if n in cp]
         x = range(len(names))
-        ax.bar([i - 0.2 for i in x], [cp[n]["bare_pps_per_cpu"] / 1000.0 for n in names], 0.4, label="bare accept loop")
-        ax.bar([i + 0.2 for i in x], [cp[n]["daemon_pps_per_cpu"] / 1000.0 for n in names], 0.4, label="daemon")
-        for i, n in zip(x, names):
-            ax.text(i + 0.2, cp[n]["daemon_pps_per_cpu"] / 1000.0, "%.2f" % cp[n]["ratio"], ha="center", va="bottom")
+        xs = _grouped(ax, len(names), [("bare accept loop", [cp[n]["bare_pps_per_cpu"] / 1000.0 for n in names]),
+                                       ("daemon", [cp[n]["daemon_pps_per_cpu"] / 1000.0 for n in names])])
+        for i, n in zip(xs[1], names):
+            ax.text(i, cp[n]["daemon_pps_per_cpu"] / 1000.0, "%.2f" % cp[n]["ratio"], ha="center", va="bottom")
         _label(ax, x, names, "kpkt per CPU-second", "Control path through NFQUEUE (ratio; target 0.5)", tick_fontsize=None)
     ax = axes[1][0]
     lat = res.get("latency")
@@ -143,8 +151,7 @@ def plot(res, path):
                  ("in daemon\nesp_pair", lat["inproc"]["esp_pair"]), ("e2e RTT\nkernel only", lat["e2e_kernel"]),
                  ("e2e RTT\npassthrough", lat["e2e_passthrough"])]
         x = range(len(cases))
-        ax.bar([i - 0.2 for i in x], [c[1]["p50_ms"] for c in cases], 0.4, label="p50")
-        ax.bar([i + 0.2 for i in x], [c[1]["p99_ms"] for c in cases], 0.4, label="p99")
+        _grouped(ax, len(cases), [("p50", [c[1]["p50_ms"] for c in cases]), ("p99", [c[1]["p99_ms"] for c in cases])])
         ax.axhline(2.0, color="red", linestyle="--", linewidth=1, label="target p99 2 ms")
         _label(ax, x, [c[0] for c in cases], "ms", "New-flow setup latency")
     ax = axes[1][1]
@@ -166,8 +173,7 @@ def plot(res, path):
     if fl:
         from bench.floor import STEPS
         x = range(len(STEPS))
-        for j, flow in enumerate(sorted(fl)):
-            ax.bar([i - 0.2 + 0.4 * j for i in x], [fl[flow][st]["ratio"] for st in STEPS], 0.4, label=flow + " up")
+        _grouped(ax, len(STEPS), [(flow + " up", [fl[flow][st]["ratio"] for st in STEPS]) for flow in sorted(fl)])
         ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
         ax.set_ylim(0.8, 1.02)
         _label(ax, x, STEPS, "x kernel-only", "Floor: classifier pieces added to the kernel-only lab")
@@ -178,9 +184,7 @@ def plot(res, path):
         steps = GATE_STEPS[1:]
         cases = sorted(fg)
         x = range(len(cases))
-        w = 0.8 / len(steps)
-        for j, st in enumerate(steps):
-            ax.bar([i - 0.4 + w * (j + 0.5) for i in x], [fg[c][st]["ratio"] for c in cases], w, label=st)
+        _grouped(ax, len(cases), [(st, [fg[c][st]["ratio"] for c in cases]) for st in steps])
         ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
         ax.set_ylim(0.8, 1.02)
         _label(ax, x, cases, "x kernel-only", "Floor of 'zones only for shared remotes' (100 B)")
@@ -193,10 +197,10 @@ def plot(res, path):
         cols = ["floor_bare_interpreter", "floor_with_c_libraries", "idle", "1000", "4000"]
         labels = ["bare\ninterpreter", "+ C libraries", "daemon idle", "daemon\n1k flows", "daemon\n4k flows"]
         x = range(len(cols))
-        w = 0.8 / len(runs)
-        for j, (name, d) in enumerate(runs):
-            kb = [d[c] if c.startswith("floor") else (d["idle"] if c == "idle" else d["flows"][c])["VmRSS"] for c in cols]
-            ax.bar([i - 0.4 + w * (j + 0.5) for i in x], [v / 1024.0 for v in kb], w, label=name)
+
+        def mb(d, c):
+            return (d[c] if c.startswith("floor") else (d["idle"] if c == "idle" else d["flows"][c])["VmRSS"]) / 1024.0
+        _grouped(ax, len(cols), [(name, [mb(d, c) for c in cols]) for name, d in runs])
         for mb, at in ((12, 3), (16, 4)):
             ax.plot([at - 0.45, at + 0.45], [mb, mb], color="red", linestyle="--", linewidth=1)
         ax.plot([], [], color="red", linestyle="--", linewidth=1, label="target 12 / 16 MB")
@@ -207,11 +211,10 @@ def plot(res, path):
         sizes = sorted(pp["modes"]["kernel"], key=int)
         modes = [("kernel", "kernel NAT (fw4)"), ("offload", "passthrough, offload"), ("nft_path", "passthrough, offload off")]
         x = range(len(sizes))
-        for j, (m, name) in enumerate(modes):
-            ax.bar([i - 0.3 + 0.3 * j for i in x], [pp["modes"][m][z]["pps"] / 1000.0 for z in sizes], 0.3, label=name)
-        for i, z in enumerate(sizes):
-            for j, m in ((1, "offload"), (2, "nft_path")):
-                ax.text(i - 0.3 + 0.3 * j, pp["modes"][m][z]["pps"] / 1000.0, "%.2f" % pp["ratios"]["%s_vs_kernel" % m][z],
+        xs = _grouped(ax, len(sizes), [(name, [pp["modes"][m][z]["pps"] / 1000.0 for z in sizes]) for m, name in modes])
+        for (m, _), xm in zip(modes[1:], xs[1:]):  # the ratio to kernel NAT above each passthrough bar
+            for i, z in zip(xm, sizes):
+                ax.text(i, pp["modes"][m][z]["pps"] / 1000.0, "%.2f" % pp["ratios"]["%s_vs_kernel" % m][z],
                         ha="center", va="bottom", fontsize=8)
         _label(ax, x, ["%s B up" % z for z in sizes], "kpkt/s (guest, TCG)", "VPN data over a PPPoE WAN (QEMU router)")
     ax = axes[2][2]
@@ -221,9 +224,7 @@ def plot(res, path):
         cases = sorted(fo)
         steps = [st for st in OTHER_STEPS[1:] if st in fo[cases[0]]]
         x = range(len(steps))
-        w = 0.8 / len(cases)
-        for j, c in enumerate(cases):
-            ax.bar([i - 0.4 + w * (j + 0.5) for i in x], [fo[c][st]["ratio"] for st in steps], w, label=c)
+        _grouped(ax, len(steps), [(c, [fo[c][st]["ratio"] for st in steps]) for c in cases])
         ax.axhline(0.98, color="red", linestyle="--", linewidth=1, label="target 0.98")
         ax.set_ylim(0.8, 1.05)
         _label(ax, x, steps, "x kernel-only", "Other traffic (100 B): each hook's cost", tick_fontsize=7, rotation=30)
