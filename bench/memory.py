@@ -128,41 +128,70 @@ def bpf_bytes_per_entry(n=10000, samples=3):
             "bytes_per_offloaded_flow": 2 * round(B.median(results))}
 
 
-def _rss(pid):
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[k] = int(v.split()[0])  # kB
+# The probe, run by the interpreter under test (the host's, or the guest's python3) with the
+# daemon's pid: its VmRSS parts; with "floors" also the bare interpreter's VmRSS and the same
+# interpreter's after loading, by ctypes, every shared library the daemon maps that is not
+# Python's own (the interpreter, lib-dynload, site-packages).
+_PROBE = r"""
+import ctypes, subprocess, sys
+pid = int(sys.argv[1])
+def rss(path):
+    return dict((l.split(':')[0], int(l.split()[1])) for l in open(path) if l.split(':')[0] in ('VmRSS', 'RssAnon', 'RssFile', 'RssShmem'))
+out = {'daemon': rss('/proc/%d/status' % pid)}
+if sys.argv[2:] == ['floors']:
+    libs = sorted(set(l.split()[-1] for l in open('/proc/%d/maps' % pid)
+                      if '.so' in l and l.split()[-1].startswith('/') and '/python3' not in l.split()[-1]
+                      and 'libpython' not in l.split()[-1]))
+    kb = lambda text: [int(l.split()[1]) for l in text.splitlines() if l.startswith('VmRSS')][0]
+    bare = subprocess.run([sys.executable, '-c', "print(open('/proc/self/status').read())"], capture_output=True, text=True)
+    code = 'import ctypes, sys\nfor p in sys.argv[1:]:\n    ctypes.CDLL(p)\nprint(open("/proc/self/status").read())'
+    loaded = subprocess.run([sys.executable, '-c', code] + libs, capture_output=True, text=True)
+    out.update(bare=kb(bare.stdout), with_libs=kb(loaded.stdout) if loaded.returncode == 0 else None,
+               error=loaded.stderr[-300:], libs=libs)
+print(repr(out))
+"""
+
+
+def _probe_here(pid, floors=False):
+    import ast
+    import sys
+    p = subprocess.run([sys.executable, "-c", _PROBE, str(pid)] + (["floors"] if floors else []),
+                       capture_output=True, text=True, check=True)
+    return ast.literal_eval(p.stdout.strip())
+
+
+def _floors(p):
+    """results.json's floor fields from a probe with floors."""
+    out = {"floor_bare_interpreter": p["bare"], "floor_with_c_libraries": p["with_libs"],
+           "c_libraries": [os.path.basename(x) for x in p["libs"]]}
+    if p["with_libs"] is None:
+        out["floor_error"] = p["error"]
     return out
 
 
-def _foreign_libs(pid):
-    """Shared libraries the process maps that are not Python's own (interpreter, lib-dynload)."""
-    import sys
-    libs = set()
-    py = os.path.realpath(sys.base_prefix)
-    with open("/proc/%d/maps" % pid) as f:
-        for line in f:
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if ".so" not in path or not path.startswith("/"):
-                continue
-            real = os.path.realpath(path)
-            if real.startswith(py + "/lib/python") or "/site-packages/" in real or "python3" in os.path.basename(real):
-                continue
-            libs.add(real)
-    return sorted(libs)
-
-
-def _floor(libs):
-    import sys
-    code = ("import ctypes, sys\nfor p in sys.argv[1:]:\n    ctypes.CDLL(p)\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
-    bare = subprocess.run([sys.executable, "-c", "print([l.split()[1] for l in open('/proc/self/status') "
-                                                 "if l.startswith('VmRSS')][0])"], capture_output=True, text=True)
-    loaded = subprocess.run([sys.executable, "-c", code] + libs, capture_output=True, text=True)
-    return int(bare.stdout.strip()), (int(loaded.stdout.strip()) if loaded.returncode == 0 else None), loaded.stderr[-300:]
+def _grow(out, sizes, send, tracked, rss, log, what, timeout=60, settle=3.0, poll=0.5):
+    """Raise the daemon to each number of tracked IKE SAs (send(first, count) sends new ones,
+    tracked() reads the daemon's count), let it settle (the queue drained, the periodic work
+    ran), record rss() in out["flows"]; then log the idle line with the floors."""
+    have = 0
+    for n in sorted(sizes):
+        send(have, n - have)
+        have = n
+        deadline, flows = time.time() + timeout, 0
+        while time.time() < deadline:
+            flows = tracked()
+            if flows >= n:
+                break
+            time.sleep(poll)
+        time.sleep(settle)
+        r = rss()
+        r["tracked"] = flows
+        out["flows"][str(n)] = r
+        log("  memory %s %5d flows (tracked %d): VmRSS %d kB (anon %d, file %d)" % (
+            what, n, flows, r["VmRSS"], r.get("RssAnon", 0), r.get("RssFile", 0)))
+    log("  memory %s idle %d kB; floors: bare interpreter %d kB, + C libraries %s kB (%s)" % (
+        what, out["idle"]["VmRSS"], out["floor_bare_interpreter"], out["floor_with_c_libraries"],
+        ", ".join(out["c_libraries"]) + ("; " + out["python"] if "python" in out else "")))
 
 
 def _send_ike(ns, src, dst, first, n, rate=2000):
@@ -208,65 +237,27 @@ def daemon_rss(sizes=(1000, 4000), log=print, workdir="/run/passthrough-lab/bm",
         run.up(responders=False, max_flows=str(top + 64), flows_per_host=str(top + 64))
         pid = run.daemon.pid
         time.sleep(3.0)
-        out["idle"] = _rss(pid)
-        libs = _foreign_libs(pid)
-        bare, floor, err = _floor(libs)
-        out["floor_bare_interpreter"] = bare
-        out["floor_with_c_libraries"] = floor
-        out["c_libraries"] = [os.path.basename(x) for x in libs]
-        if floor is None:
-            out["floor_error"] = err
-        have = 0
+        p = _probe_here(pid, floors=True)
+        out["idle"] = p["daemon"]
+        out.update(_floors(p))
         lan, srv = run.lab.lan_ip(0), run.lab.server_ip(0)
-        for n in sorted(sizes):
-            _send_ike(run.lab.lan_hosts[0], lan, srv, 0x5000000000 + have, n - have)
-            have = n
-            deadline = time.time() + 60
-            flows = 0
-            while time.time() < deadline:
-                flows = ask(run.control, "stats")["summary"]["flows"]
-                if flows >= n:
-                    break
-                time.sleep(0.5)
-            time.sleep(3.0)  # steady: the queue drained, the periodic work ran
-            r = _rss(pid)
-            r["tracked"] = flows
-            out["flows"][str(n)] = r
-            log("  memory daemon %5d flows (tracked %d): VmRSS %d kB (anon %d, file %d)" % (
-                n, flows, r["VmRSS"], r.get("RssAnon", 0), r.get("RssFile", 0)))
-        log("  memory daemon idle %d kB; floors: bare interpreter %d kB, + C libraries %s kB (%s)" % (
-            out["idle"]["VmRSS"], bare, floor, ", ".join(out["c_libraries"])))
+        _grow(out, sizes, lambda first, count: _send_ike(run.lab.lan_hosts[0], lan, srv, 0x5000000000 + first, count),
+              lambda: ask(run.control, "stats")["summary"]["flows"], lambda: _probe_here(pid)["daemon"], log, "daemon")
     finally:
         run.down()
     return out
 
 
-# Run in the guest with the daemon's pid: its VmRSS parts, and the two floors measured there.
-_GUEST_PROBE = r"""
-import ctypes, subprocess, sys
-pid = int(sys.argv[1])
-def rss(path):
-    return dict((l.split(':')[0], int(l.split()[1])) for l in open(path) if l.split(':')[0] in ('VmRSS', 'RssAnon', 'RssFile'))
-libs = sorted(set(l.split()[-1] for l in open('/proc/%d/maps' % pid)
-                  if '.so' in l and l.split()[-1].startswith('/') and '/python3' not in l.split()[-1]
-                  and 'libpython' not in l.split()[-1]))
-bare = subprocess.run([sys.executable, '-c', "print(open('/proc/self/status').read())"], capture_output=True, text=True).stdout
-code = 'import ctypes, sys\nfor p in sys.argv[1:]:\n    ctypes.CDLL(p)\nprint(open("/proc/self/status").read())'
-loaded = subprocess.run([sys.executable, '-c', code] + libs, capture_output=True, text=True).stdout
-kb = lambda text: [int(l.split()[1]) for l in text.splitlines() if l.startswith('VmRSS')][0]
-print(repr({'daemon': rss('/proc/%d/status' % pid), 'bare': kb(bare), 'with_libs': kb(loaded), 'libs': libs}))
-"""
-
-
 def guest_rss(workdir, sizes=(1000, 4000), log=print):
-    """The daemon on the QEMU router as shipped (OpenWrt's python3 on musl, installed by opkg,
-    started by procd, byte code caches written by the postinst): VmRSS idle and with 1k / 4k
-    IKE SAs from one LAN host, and the same two floors measured in the guest."""
+    """The daemon on the QEMU router as shipped (installed by opkg, started by procd, byte code
+    caches written by the postinst; the image's python3 and libc are Debian 12's, not a musl
+    build): VmRSS idle and with 1k / 4k IKE SAs from one LAN host, and the same two floors
+    measured in the guest."""
     import ast
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "qemu"))
+    from qemulab import QemuLab  # first: it puts openwrt_pkg/qemu (ptqemu) on sys.path
     import ptqemu
-    from qemulab import QemuLab
     top = max(sizes)
     os.makedirs(workdir, exist_ok=True)
     router = ptqemu.Router(os.environ.get("PT_QEMU_IMAGE", "/var/cache/passthrough-qemu/image-test"), workdir=workdir)
@@ -281,33 +272,23 @@ def guest_rss(workdir, sizes=(1000, 4000), log=print):
         pid = lab.daemon_pid()
         time.sleep(5.0)
 
-        def probe():
-            return ast.literal_eval(lab.sh("python3 - %d <<'EOF'\n%sEOF" % (pid, _GUEST_PROBE), timeout=120).strip())
+        def probe(floors=False):
+            return ast.literal_eval(lab.sh("python3 - %d%s <<'EOF'\n%sEOF" % (pid, " floors" if floors else "", _PROBE),
+                                           timeout=120).strip())
 
-        p = probe()
-        out.update(idle=p["daemon"], floor_bare_interpreter=p["bare"], floor_with_c_libraries=p["with_libs"],
-                   c_libraries=[os.path.basename(x) for x in p["libs"]], python=lab.sh("python3 -V").strip(),
-                   accel=router.guest.accel)
-        have = 0
+        p = probe(floors=True)
+        out["idle"] = p["daemon"]
+        out.update(_floors(p), python=lab.sh("python3 -V").strip(), accel=router.guest.accel)
+        def tracked():
+            try:
+                return lab.stats()["flows"]
+            except AssertionError:  # the control socket's answer late under TCG while the SAs arrive: ask again
+                return 0
+
         host, server = router.topo.lan_hosts[0], ptqemu.SERVER_IPS[0]
-        for n in sorted(sizes):
-            _send_ike(host, router.topo.lan_ip(0), server, 0x6000000000 + have, n - have, rate=500)
-            have = n
-            deadline, flows = time.time() + 120, 0
-            while time.time() < deadline:
-                flows = lab.stats()["flows"]
-                if flows >= n:
-                    break
-                time.sleep(1.0)
-            time.sleep(5.0)
-            r = probe()["daemon"]
-            r["tracked"] = flows
-            out["flows"][str(n)] = r
-            log("  memory guest daemon %5d flows (tracked %d): VmRSS %d kB (anon %d, file %d)" % (
-                n, flows, r["VmRSS"], r.get("RssAnon", 0), r.get("RssFile", 0)))
-        log("  memory guest daemon idle %d kB; floors: bare interpreter %d kB, + C libraries %d kB (%s; %s)" % (
-            out["idle"]["VmRSS"], out["floor_bare_interpreter"], out["floor_with_c_libraries"],
-            ", ".join(out["c_libraries"]), out["python"]))
+        _grow(out, sizes, lambda first, count: _send_ike(host, router.topo.lan_ip(0), server, 0x6000000000 + first, count,
+                                                         rate=500),
+              tracked, lambda: probe()["daemon"], log, "guest daemon", timeout=120, settle=5.0, poll=1.0)
     finally:
         router.down()
     return out
