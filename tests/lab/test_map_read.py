@@ -7,7 +7,6 @@ import subprocess
 import pytest
 
 from nat import mapping as M, nftables as X
-from nat.kernel import Kernel, parse_elements
 from passthrough.config import Config
 
 pytestmark = pytest.mark.lab
@@ -32,10 +31,11 @@ ELEMENTS = {
 }
 
 
-def netns_python(code):
+def netns_python(code, ns=NS):
+    """What `code` prints in ns (the repository's python, run from its root), evaluated."""
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p = subprocess.run(["ip", "netns", "exec", NS, sys.executable, "-c", code], capture_output=True, text=True,
+    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=repo, timeout=60)
     assert p.returncode == 0, p.stderr
     return eval(p.stdout)  # noqa: S307 - our own repr output
@@ -81,10 +81,6 @@ def test_missing_table_reads_empty():
             "print([N.map_elements(X.TABLE, n, X.ELEMENT_LAYOUT[n]) for n in X.ELEMENT_LAYOUT])")
     subprocess.run(["ip", "netns", "add", NS + "e"], check=True)
     try:
-        import sys
-        p = subprocess.run(["ip", "netns", "exec", NS + "e", sys.executable, "-c", code], capture_output=True,
-                           text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        assert p.returncode == 0, p.stderr
-        assert eval(p.stdout) == [[]] * len(X.ELEMENT_LAYOUT)  # noqa: S307
+        assert netns_python(code, NS + "e") == [[]] * len(X.ELEMENT_LAYOUT)
     finally:
         subprocess.run(["ip", "netns", "del", NS + "e"])
