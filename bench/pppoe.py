@@ -101,7 +101,7 @@ def _mode(lab, mode):
     lab.wait_for(lambda: bool(lab.offload().get("active")) == want, 30, interval=0.3,
                  what="offload %s" % ("on" if want else "off"))
     if want:
-        lab.wait_for(lab.pings_carried, 60, interval=0.5, what="c1's pings carried by the program over PPPoE")
+        lab.wait_pings_carried(60, "c1's pings carried by the program over PPPoE")
 
 
 def _blast(lab, host_ns, frame, seconds, workdir, rate):

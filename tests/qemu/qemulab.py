@@ -34,6 +34,7 @@ class QemuLab:
         self.tool = None  # the package manager install() used
         self.wait_for = wait_for
         self.repo = REPO
+        self.last_pings = "not tried"  # what pings_carried saw last, for a timeout's message
 
     # --- host side ------------------------------------------------------------------------------
     def start_responder(self, ip, l2tp_port):
@@ -160,7 +161,22 @@ class QemuLab:
         request and reply carried by the BPF program."""
         c0 = self.carried()
         p = self.guest.run("ip netns exec c1 ping -c %d -i 0.2 -W 3 10.99.0.1" % count, timeout=30)
-        return p.rc == 0 and self.carried() - c0 >= 2 * count
+        carried = self.carried() - c0
+        self.last_pings = "ping rc %s, %d of %d carried: %s" % (p.rc, carried, 2 * count, p.stdout.strip()[-200:])
+        return p.rc == 0 and carried >= 2 * count
+
+    def wait_pings_carried(self, timeout, what):
+        """pings_carried, polled; a timeout says what the last try saw and the guest's state
+        (routes, conntrack, the offload, both ends' IKE logs)."""
+        try:
+            return wait_for(self.pings_carried, timeout, interval=0.5, what=what)
+        except TimeoutError as e:
+            state = self.guest.run(
+                "ip route; ip -4 -br addr; conntrack -L -p udp 2>/dev/null | head -20; "
+                "for ns in c1 s1; do echo \"== $ns\"; ip -n $ns xfrm state | grep -E '^src|encap'; "
+                "tail -n 15 /tmp/vpnlab/$ns/charon.log; done; tail -n 10 /tmp/vpnlab/c1/pppd.log").stdout
+            raise AssertionError("%s\nlast try: %s\noffload: %s\n%s\n%s" % (
+                e, self.last_pings, self.offload(), state, self.dump())) from None
 
     def pppoe_wan_up(self):
         """The router's WAN becomes PPPoE: it dials the ISP namespace's pppoe-server (pt-vpnlab
