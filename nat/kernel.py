@@ -1,11 +1,12 @@
 """Kernel programming: nftables (libnftables in-process, `nft` CLI as fallback), the xt NFQUEUE
-rule on kernels without nft_queue (nat/nftnetlink.py), the daemon's heartbeat element, and
-conntrack teardown. The thin I/O shell around
+rule on kernels without nft_queue, element ops and the daemon's heartbeat element (both over
+netlink, nat/nftnetlink.py, with the libnftables text as fallback), and conntrack teardown. The thin I/O shell around
 nat/nftables.py; nothing here decides policy.
 """
 import ctypes
 import json
 import logging
+import os
 import subprocess
 
 from passthrough.compat import which
@@ -104,6 +105,7 @@ class Kernel:
         self.iptables = _iptables()
         self.prefilter = None  # ifindexes where the BPF offload marks VPN candidates (nftables.render_fastpath)
         self._netlink_read_failing = False  # map_elements' warning, logged once per spell
+        self._writer = None  # nftnetlink.ElementWriter, opened on first use; False: netlink failed
 
     # --- capability detection -----------------------------------------------------------------
     def detect_backend(self):
@@ -185,10 +187,21 @@ class Kernel:
         """The daemon's heartbeat (nftables.ALIVE_SET): while it lives, packets are queued;
         without it (stopped, killed) the fallback maps zone them at once."""
         if on:
-            elem = "element ip %s %s { 4 timeout %ds }" % (nftx.TABLE, nftx.ALIVE_SET, nftx.ALIVE_TIMEOUT)
             # Adding an element that exists does not renew its timeout (6.1 and 6.18 alike), so
             # it would lapse every few seconds: renew it by delete and add in one transaction,
             # which the packet path sees at once. Gone already (first start, a stall): add it.
+            w = self._element_writer()
+            if w is not None:
+                key = nftnetlink.encode(("u8",), (4,))
+                gone = dict(delete=True, table=nftx.TABLE, name=nftx.ALIVE_SET, key=key)
+                add = dict(delete=False, table=nftx.TABLE, name=nftx.ALIVE_SET, key=key, timeout_ms=nftx.ALIVE_TIMEOUT * 1000)
+                try:
+                    if w.send([[gone, add]]) and w.send([[add]]):
+                        log.warning("the heartbeat element was refused")
+                    return
+                except OSError as e:
+                    self._writer_failed(e)
+            elem = "element ip %s %s { 4 timeout %ds }" % (nftx.TABLE, nftx.ALIVE_SET, nftx.ALIVE_TIMEOUT)
             ok, _, _ = self.nft.run("delete element ip %s %s { 4 }\nadd %s\n" % (nftx.TABLE, nftx.ALIVE_SET, elem))
             if not ok:
                 self.nft.run("add " + elem)
@@ -239,10 +252,48 @@ class Kernel:
 
     # --- element ops ---------------------------------------------------------------------------------
     def apply(self, ops):
-        """Apply ops in one transaction; on failure fall back to one by one so one stale element
-        cannot block the rest. Returns the number of ops that failed."""
+        """Apply ops in one transaction; what the kernel refuses does not block the rest: an add
+        whose key is there with another value (a zone reused) replaces it, a delete of what is
+        gone is no error. Returns the number of ops that failed. Over netlink; libnftables' text
+        where netlink cannot be used."""
         if not ops:
             return 0
+        w = self._element_writer()
+        if w is not None:
+            try:
+                return self._apply_netlink(w, ops)
+            except OSError as e:
+                self._writer_failed(e)
+        return self._apply_text(ops)
+
+    def _element_writer(self):
+        if self._writer is None:
+            try:
+                self._writer = nftnetlink.ElementWriter()
+            except OSError as e:
+                self._writer_failed(e)
+        return self._writer or None
+
+    def _writer_failed(self, e):
+        log.warning("element writes over netlink: %s; writing them with libnftables from now on", e)
+        if self._writer:
+            self._writer.close()
+        self._writer = False
+
+    def _apply_netlink(self, w, ops):
+        groups = [op_messages(op) for op in ops]
+        failed = w.send(groups)
+        n = 0
+        for i in sorted(failed):  # refused adds: as replacements (delete, add), one by one
+            if ops[i][0] == "del":
+                continue
+            err = w.send([op_messages(("del",) + tuple(ops[i][1:3])) + groups[i]])
+            if err:
+                n += 1
+                log.warning("nft: %s: %s", nftx.render_op(ops[i]), os.strerror(err[0]))
+        return n
+
+    def _apply_text(self, ops):
         lines = [nftx.render_op(op) for op in ops]
         ok, _, err = self.nft.run("\n".join(lines) + "\n")
         if ok:
@@ -341,6 +392,24 @@ def conntrack_matches(family, entry, zones):
     ports = cut["udp"] if proto == IPPROTO_UDP else cut["tcp"] if proto == IPPROTO_TCP else ()
     _src, _dst, sport, dport = entry["orig"]
     return sport in ports or dport in ports
+
+
+def op_messages(op):
+    """nftnetlink.element_msg arguments for an op tuple (nat/mapping.py), render_op's netlink
+    twin: the element in its map, then in the map's key-only twin set."""
+    verb, name, key = op[0], op[1], op[2]
+    key_fields, value_field = nftx.ELEMENT_LAYOUT[name]
+    raw = nftnetlink.encode(key_fields, key)
+    msgs = [dict(delete=verb == "del", table=nftx.TABLE, name=name, key=raw)]
+    if verb != "del":
+        value = op[3] if len(op) > 3 else None
+        if value is not None:
+            msgs[0]["data"] = nftnetlink.encode((value_field,), (value,))
+        if len(op) > 4 and op[4]:
+            msgs[0]["comment"] = op[4].replace('"', "")
+    if name in nftx.KEYSET:
+        msgs.append(dict(delete=verb == "del", table=nftx.TABLE, name=nftx.KEYSET[name], key=raw))
+    return msgs
 
 
 def parse_elements(data):

@@ -13,6 +13,14 @@ packets, a third hook (-250) zoned them: two more hooks on every forwarded packe
 The nft tool lists the rule as `xt target "NFQUEUE"`; libnftables has no syntax to add it, so
 the message is built here (linux/netfilter/nf_tables.h, nfnetlink.h, xt_NFQUEUE.h).
 
+The element writes: the daemon's element ops (a flow learned, gone, a zone moved) and its
+heartbeat. Through libnftables each command parsed its text and built the table's cache (a
+128 KB hash table per table of the ruleset, freed and allocated again on every command: 3 to
+19 such blocks per element added, measured with strace); here they are NEWSETELEM /
+DELSETELEM messages in one batch, each element as ELEMENT_LAYOUT encodes it. Sets declared
+with `counter` give an element added without expressions a counter of its own (the kernel
+clones the set's expressions, 5.11+; tests/lab/test_map_read.py checks it).
+
 The dump: the daemon reads the per-element packet counters of its demux maps every few seconds.
 `nft -j list map` through libnftables builds its whole cache of the map, the JSON text and its
 parse: with 4k elements glibc's heap grew by ~17 MB that it kept (measured in a namespace of
@@ -20,6 +28,7 @@ our own; bench/memory.py). NFT_MSG_GETSETELEM is read here one netlink buffer at
 elements decoded as the map's layout (nat/nftables.ELEMENT_LAYOUT) says.
 """
 import errno
+import select
 import os
 import socket
 import struct
@@ -30,7 +39,7 @@ from nat.nfnetlink import (NETLINK_NETFILTER, NLM_F_REQUEST, NLM_F_ACK, NLM_F_DU
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 6, 12, 13
+NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 6, 12, 13, 14
 NLM_F_CREATE, NLM_F_APPEND = 0x400, 0x800
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
 NFTA_LIST_ELEM = 1
@@ -40,7 +49,7 @@ NFTNL_UDATA_RULE_COMMENT = 0
 NFQ_FLAG_BYPASS, NFQ_FLAG_CPU_FANOUT = 0x01, 0x02
 NFQUEUE_REV = 3  # struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_USERDATA = 1, 2, 6
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_USERDATA = 1, 2, 4, 6
 NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 10  # one expression / several (kernel 5.11+)
 NFTA_DATA_VALUE = 1
 NFTA_COUNTER_PACKETS = 2
@@ -202,3 +211,132 @@ def map_elements(table, name, layout, family=socket.AF_INET, bufsize=1 << 16):
     if err:
         raise NetlinkError(err, "listing %s %s: %s" % (table, name, os.strerror(err)))
     return out
+
+
+# --- element writes --------------------------------------------------------------------------------
+SOL_NETLINK, NETLINK_CAP_ACK = 270, 10  # errors without a copy of the refused message
+BATCH_BYTES = 64 << 10  # one sendmsg stays well under the socket's default send buffer (208 KB)
+
+def _ip(text):
+    try:
+        return socket.inet_aton(text)
+    except (OSError, TypeError):
+        raise ValueError("not an IPv4 address: %r" % (text,))
+
+
+_PACK = {"ip": _ip,
+         "be16": lambda v: int(v).to_bytes(2, "big"),
+         "be32": lambda v: int(v).to_bytes(4, "big"),
+         "be64": lambda v: int(v).to_bytes(8, "big"),
+         "zone": lambda v: struct.pack("=H", int(v)),
+         "u8": lambda v: struct.pack("B", int(v))}
+
+
+def encode(fields, values):
+    """Register bytes of a key or value (_FIELD's reverse): parts of a concatenation each padded
+    to 32 bits, a lone part its own length."""
+    if len(fields) == 1:
+        return _PACK[fields[0]](values[0])
+    out = b""
+    for f, v in zip(fields, values):
+        raw = _PACK[f](v)
+        out += raw + b"\0" * ((-len(raw)) % 4)
+    return out
+
+
+def element_msg(delete, table, name, key, seq, data=None, comment=None, timeout_ms=None, ack=False,
+                family=socket.AF_INET):
+    """One NEWSETELEM (add: an element that exists with the same value is no error, another
+    value is EBUSY/EEXIST) or DELSETELEM message with one element of key bytes."""
+    elem = _attr(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key), True)
+    if data is not None:
+        elem += _attr(NFTA_SET_ELEM_DATA, _attr(NFTA_DATA_VALUE, data), True)
+    if timeout_ms is not None:
+        elem += _attr(NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", timeout_ms))
+    if comment:
+        text = comment.encode()[:254] + b"\0"
+        elem += _attr(NFTA_SET_ELEM_USERDATA, struct.pack("BB", NFTNL_UDATA_SET_ELEM_COMMENT, len(text)) + text)
+    body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+            + _attr(NFTA_SET_ELEM_LIST_ELEMENTS, _attr(NFTA_LIST_ELEM, elem, True), True))
+    mtype = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_DELSETELEM if delete else NFT_MSG_NEWSETELEM)
+    return _msg(mtype, NLM_F_REQUEST | (NLM_F_ACK if ack else 0) | (0 if delete else NLM_F_CREATE), seq, body, family)
+
+
+class ElementWriter:
+    """A netlink socket for batches of element messages. send(groups): groups is a list of
+    lists of element_msg arguments (dicts without seq), one group per op, applied all or
+    nothing. Returns {group index: errno} of the groups the kernel refused; all the others are
+    applied (the kernel undoes a batch with a refusal whole: its other groups are sent again)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            self.sock.bind((0, 0))
+        except OSError:
+            self.sock.close()
+            raise
+        self.seq = 0
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, groups):
+        failed, batch, size = {}, [], 0
+        for i, group in enumerate(groups):
+            if batch and size >= BATCH_BYTES:
+                failed.update(self._commit(batch))
+                batch, size = [], 0
+            for args in group:
+                batch.append((i, args))
+                size += 64 + len(args.get("comment") or "")
+        if batch:
+            failed.update(self._commit(batch))
+        return failed
+
+    def _commit(self, batch):
+        refused = {}
+        while batch:  # each round drops at least one group
+            now = self._batch(batch)
+            if not now:
+                break
+            refused.update(now)
+            batch = [(i, args) for i, args in batch if i not in now]
+        return refused
+
+    def _next(self):
+        self.seq = self.seq % 0x7FFFFFF0 + 1
+        return self.seq
+
+    def _batch(self, batch):
+        """One batch: BEGIN, the messages (only the last asks for an ack: the kernel answers
+        every refused message anyway, in order, before it), END. {group: errno} of the refused."""
+        owner, msgs = {}, []
+        ends = (self._next(),)
+        begin = _msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, ends[0], b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+        for n, (i, args) in enumerate(batch):
+            seq = self._next()
+            owner[seq] = i
+            msgs.append(element_msg(seq=seq, ack=n == len(batch) - 1, **args))
+        last = seq
+        ends += (self._next(),)
+        end = _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, ends[1], b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+        self.sock.sendall(begin + b"".join(msgs) + end)
+        failed = {}
+        while True:
+            if not select.select([self.sock], [], [], 2.0)[0]:
+                raise NetlinkError(errno.ETIMEDOUT, "no answer from nf_tables to an element batch")
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                mlen, mtype, _, mseq, _ = struct.unpack_from("=IHHII", data, off)
+                if mtype == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    if mseq in ends and err:  # BEGIN or END refused: nothing was applied
+                        raise NetlinkError(err, "nf_tables refused an element batch: %s" % os.strerror(err))
+                    if mseq in owner:  # (an answer to an older batch that timed out is not)
+                        if err:
+                            failed.setdefault(owner[mseq], err)
+                        if mseq == last:
+                            return failed
+                off += max(16, (mlen + 3) & ~3)

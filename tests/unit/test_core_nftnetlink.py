@@ -151,3 +151,117 @@ def test_map_read_falls_back_to_the_json_listing_and_warns_once(monkeypatch, cap
         for _ in range(3):
             assert k.map_elements("ike_zone") == [(("203.0.113.2", 0xFFFFFFFFFFFFFFFF), 4097, 0, None)]
     assert len([r for r in caplog.records if "over netlink" in r.getMessage()]) == 1
+
+
+# --- element writes ------------------------------------------------------------------------------
+OPS = [("add", "lan_zone", ("192.168.1.10",), 4097), ("add", "zone_lan", (4097,), "192.168.1.10"),
+       ("add", "esp_out", ("192.168.1.10", 0xC0FFEE01), 4097),
+       ("add", "ike_zone", ("203.0.113.2", 0x8000000000000001), 4097, 'ike "x" 192.168.1.10'),
+       ("add", "esp_zone", ("203.0.113.2", 0xFFFFFFFF), 4097), ("add", "l2tp_zone", ("203.0.113.2", 0xBEEF), 4097),
+       ("add", "natt_out", ("192.168.1.10", "203.0.113.2"), 40001), ("add", "natt_in", ("203.0.113.2", 40001), 4097)]
+
+
+def test_element_messages_read_back_as_the_dump_reads_them():
+    """Each map's add, built as the kernel gets it, parsed by the dump's own parser (a dump
+    answers with NEWSETELEM bodies of the same layout): the op's key, value and comment."""
+    from nat import kernel as K, nftables as N
+    for op in OPS:
+        msgs = K.op_messages(op)
+        assert msgs[0]["name"] == op[1]
+        assert [m["name"] for m in msgs[1:]] == ([N.KEYSET[op[1]]] if op[1] in N.KEYSET else [])
+        raw = X.element_msg(seq=5, **msgs[0])
+        mtype, flags, seq = struct.unpack_from("=HHI", raw, 4)
+        assert mtype == (X.NFNL_SUBSYS_NFTABLES << 8) | X.NFT_MSG_NEWSETELEM and flags & X.NLM_F_CREATE and seq == 5
+        assert not flags & X.NLM_F_ACK
+        got = list(X.parse_elements(raw, 20, len(raw), N.ELEMENT_LAYOUT[op[1]]))
+        comment = op[4].replace('"', "") if len(op) > 4 else None
+        assert got == [(op[2], op[3], 0, comment)], op
+        gone = K.op_messages(("del",) + op[1:3])
+        assert all(m["delete"] and "data" not in m and "comment" not in m for m in gone)
+        assert [m["key"] for m in gone] == [m["key"] for m in msgs]
+
+
+def test_keys_pad_concatenations_only_and_refuse_what_is_no_address():
+    assert X.encode(("zone",), (4097,)) == struct.pack("=H", 4097)  # a lone part: its own length
+    assert X.encode(("ip", "be16"), ("203.0.113.2", 0xBEEF)) == bytes([203, 0, 113, 2, 0xBE, 0xEF, 0, 0])
+    assert len(X.encode(("ip", "be64"), ("203.0.113.2", 1))) == 12
+    with pytest.raises(ValueError):
+        X.encode(("ip",), ("203.0.113.300",))
+
+
+class ScriptedWriter(X.ElementWriter):
+    """_batch answers from a script: the refusals of each batch in turn."""
+
+    def __init__(self, script):
+        self.seq, self.script, self.sent = 0, list(script), []
+
+    def _batch(self, batch):
+        self.sent.append([i for i, _ in batch])
+        refused = self.script.pop(0) if self.script else {}
+        return {i: e for i, e in refused.items() if i in {j for j, _ in batch}}
+
+
+def test_a_refused_group_does_not_take_the_others_with_it():
+    w = ScriptedWriter([{1: 17}])
+    groups = [[{"n": 0}], [{"n": 1}, {"n": 1}], [{"n": 2}]]
+    assert w.send(groups) == {1: 17}
+    assert w.sent == [[0, 1, 1, 2], [0, 2]]  # the kernel undid the batch: the others again, without 1
+
+
+def test_batches_are_split_between_groups(monkeypatch):
+    monkeypatch.setattr(X, "BATCH_BYTES", 200)
+    w = ScriptedWriter([])
+    assert w.send([[{"n": i}, {"n": i}] for i in range(4)]) == {}
+    assert w.sent == [[0, 0, 1, 1], [2, 2, 3, 3]]  # 64 bytes a message: a group never split
+
+
+def test_refused_adds_are_replaced_and_deletes_of_what_is_gone_are_no_failure(monkeypatch):
+    from nat import kernel as K
+    from passthrough.config import Config
+    import errno
+
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def send(self, groups):
+            self.calls.append(groups)
+            if len(self.calls) == 1:
+                return {0: errno.EEXIST, 1: errno.ENOENT}
+            return {}
+
+    k = K.Kernel(Config({}), nft=object())
+    w = k._writer = Writer()
+    ops = [("add", "lan_zone", ("192.168.1.10",), 4098), ("del", "esp_zone", ("203.0.113.2", 1))]
+    assert k.apply(ops) == 0
+    assert len(w.calls) == 2  # the add again as delete + add; the delete not again
+    replace = w.calls[1][0]
+    assert [(m["name"], m["delete"]) for m in replace] == [("lan_zone", True), ("lan_zone_k", True),
+                                                           ("lan_zone", False), ("lan_zone_k", False)]
+
+
+def test_element_writes_fall_back_to_libnftables_and_say_so_once(monkeypatch, caplog):
+    from nat import kernel as K
+    from passthrough.config import Config
+
+    class FakeNft:
+        def __init__(self):
+            self.text = []
+
+        def run(self, text, json_out=False):
+            self.text.append(text)
+            return True, "", ""
+
+    def refuse():
+        raise OSError(93, "Protocol not supported")
+
+    monkeypatch.setattr(K.nftnetlink, "ElementWriter", refuse)
+    nft = FakeNft()
+    k = K.Kernel(Config({}), nft=nft)
+    with caplog.at_level("WARNING", logger="passthrough.kernel"):
+        assert k.apply(OPS[:1]) == 0
+        assert k.apply(OPS[1:2]) == 0
+        k.alive()
+    assert nft.text[0].startswith("add element ip passthrough lan_zone { 192.168.1.10 : 4097 }")
+    assert "alive" in nft.text[-1]
+    assert len([r for r in caplog.records if "over netlink" in r.getMessage()]) == 1
