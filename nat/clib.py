@@ -15,3 +15,13 @@ def load_library(soname, name, **kw):
         if not found or found == soname:
             raise first
         return ctypes.CDLL(found, **kw)
+
+
+def trim_heap():
+    """Give the heap's free pages back to the kernel: glibc keeps what libnftables freed after a
+    ruleset load (its cache of the tables) for reuse, resident, as the daemon idles for weeks.
+    A no-op where malloc_trim does not exist (musl returns free memory by itself)."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -24,6 +24,7 @@ from passthrough import config as configmod
 from passthrough.engine import Engine
 from passthrough.proto.decode import decode_ip
 from nat import mapping
+from nat.clib import trim_heap
 from nat.kernel import Kernel, KernelError
 
 log = logging.getLogger("passthrough")
@@ -549,6 +550,7 @@ class Daemon:
             log.error("reload failed while programming the kernel: %s", e)
             return {"ok": False, "error": str(e)}
         ms = (time.time() - t0) * 1000
+        trim_heap()  # what the chains' reload freed (after the timing: it is not the reload's work)
         log.info("reloaded %s in %.0f ms%s", self.config_path, ms,
                  "".join("; %s off: %d conntrack entries cut" % (f, cut[f]) for f in cut))
         return {"ok": True, "switched_off": off, "conntrack_deleted": cut, "ms": round(ms, 1)}
@@ -601,6 +603,7 @@ class Daemon:
         next_expire = self._now() + EXPIRE_EVERY
         next_counters = self._now() + COUNTERS_EVERY
         log.info("running: LAN %s, WAN %s, control %s", self.cfg.lan_device, self.cfg.wan_device, self.control_path)
+        trim_heap()  # what start-up (ruleset, BPF object) freed
         while self.running:
             timeout = 0.0 if busy else max(0.0, min(next_expire, next_counters) - self._now())
             try:
