@@ -12,6 +12,10 @@ Scenarios:
   ike_new    IKE_SA_INIT with a random SPI_i per packet: a new flow and one nft element op per
              packet until the host's flow quota (flows_per_host) is full, then refused flows
   l2tp_ctl   L2TP HELLO on a live tunnel (T bit: always queued)
+
+element_ops: the cost of one element op (Kernel.apply of one add, then one delete, esp_zone
+with its comment) in a namespace of its own with the daemon's table: over netlink (the
+daemon's way) and as libnftables text (its fallback). A flow's set-up and teardown pay it.
 """
 import json
 import os
@@ -192,6 +196,46 @@ def measure(run, workdir, seconds=3.0, reps=2, log=print):
                          "control_ms_max": max([r.get("control_ms_max") or 0 for r in rows["daemon"]]),
                          "control_failures": sum(r.get("control_failures", 0) for r in rows["daemon"]),
                          "runs": rows}
+    out["element_op_us"] = element_ops()
+    log("  element op, us of CPU each: %s" % out["element_op_us"])
     out["target"] = 0.5
     out["min_ratio"] = min(out[s]["ratio"] for s in ("ike_known", "l2tp_ctl", "ike_new"))
     return out
+
+
+ELEMENT_OPS = r"""
+import json, time
+from nat.kernel import Kernel
+from passthrough.config import Config
+k = Kernel(Config({}))
+def op(i, verb):
+    o = (verb, "esp_zone", ("203.0.113.2", 0x10000 + i))
+    return o + (4097, "esp 192.168.1.10 4500 4500 %d" % i) if verb == "add" else o
+out = {}
+for mode in ("netlink", "libnftables"):
+    if mode == "libnftables":
+        k._writer = False  # as after a netlink failure
+    c = time.process_time()
+    failed = sum(k.apply([op(i, "add")]) for i in range(N)) + sum(k.apply([op(i, "del")]) for i in range(N))
+    out[mode] = round((time.process_time() - c) / (2 * N) * 1e6, 1)
+    assert failed == 0, (mode, failed)
+print(json.dumps(out))
+"""
+
+
+def element_ops(n=2000, ns="pt-b-ops"):
+    """us of CPU per element op, {netlink, libnftables} (see the module's docstring)."""
+    from nat import nftables as X
+    from passthrough.config import Config
+    subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        text = X.replace_table("ip", X.TABLE, X.render_fastpath(Config({}), "xt", None))  # xt: no nft_queue needed
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True)
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", "N = %d\n" % n + ELEMENT_OPS],
+                           capture_output=True, text=True, cwd=os.path.dirname(HERE), timeout=300)
+        if p.returncode != 0:
+            return {"error": p.stderr.strip()[-300:]}
+        return json.loads(p.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])

@@ -16,8 +16,9 @@ daemon: the resident set (VmRSS, and its anonymous / file-backed parts) of the d
         interpreter (`python -c pass`, as the daemon is started) and the same interpreter
         after loading, by ctypes, every shared library the running daemon has mapped that is not
         part of Python itself (libnftables, libnetfilter_queue, libbpf, ...).
-guest:  the same on the QEMU router (OpenWrt's python3 on musl, the package installed by opkg
-        and started by procd): the router's numbers; the host's are glibc's and Debian's.
+guest:  the same on the QEMU router (the package installed by opkg, started by procd). Its
+        userspace is OpenWrt's built against Debian's glibc and its python3 is Debian's 3.11,
+        so this is not a musl router's number (none is measured).
 """
 import gc
 import os
