@@ -1,7 +1,7 @@
 """Kernel programming: nftables (libnftables in-process, `nft` CLI as fallback), the xt NFQUEUE
 rule on kernels without nft_queue, element ops and the daemon's heartbeat element (both over
-netlink, nat/nftnetlink.py, with the libnftables text as fallback), and conntrack teardown. The thin I/O shell around
-nat/nftables.py; nothing here decides policy.
+netlink, nat/nftnetlink.py, with the libnftables text as fallback), and conntrack teardown.
+The thin I/O shell around nat/nftables.py; nothing here decides policy.
 """
 import ctypes
 import json

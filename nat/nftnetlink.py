@@ -28,8 +28,8 @@ our own; bench/memory.py). NFT_MSG_GETSETELEM is read here one netlink buffer at
 elements decoded as the map's layout (nat/nftables.ELEMENT_LAYOUT) says.
 """
 import errno
-import select
 import os
+import select
 import socket
 import struct
 
@@ -65,6 +65,16 @@ def _msg(mtype, flags, seq, payload, family=socket.AF_INET, res_id=0):
     return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
 
 
+def _batch_mark(mtype, seq):
+    """NFNL_MSG_BATCH_BEGIN / _END of an nf_tables batch."""
+    return _msg(mtype, NLM_F_REQUEST, seq, b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+
+
+def _set_of(table, name):
+    """The table and set (or map) attributes that name where elements are."""
+    return _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+
+
 def nfqueue_info(queue_num, queue_count=1, bypass=True):
     """xt_NFQ_info_v3 in host order, padded to XT_ALIGN (8)."""
     flags = NFQ_FLAG_BYPASS if bypass else 0
@@ -81,9 +91,9 @@ def queue_rule_batch(table, chain, queue_num, queue_count=1, comment="passthroug
     rule = (_attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
             + _attr(NFTA_RULE_EXPRESSIONS, expr, True) + _attr(NFTA_RULE_USERDATA, udata))
     sub = NFNL_SUBSYS_NFTABLES << 8
-    return (_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+    return (_batch_mark(NFNL_MSG_BATCH_BEGIN, seq)
             + _msg(sub | NFT_MSG_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND, seq + 1, rule)
-            + _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES))
+            + _batch_mark(NFNL_MSG_BATCH_END, seq + 2))
 
 
 def add_queue_rule(table, chain, queue_num, queue_count=1):
@@ -189,8 +199,8 @@ def parse_elements(buf, off, end, layout):
 
 
 def getsetelem_msg(table, name, seq, family=socket.AF_INET):
-    which = _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
-    return _msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq, which, family)
+    return _msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq, _set_of(table, name),
+                family)
 
 
 def map_elements(table, name, layout, family=socket.AF_INET, bufsize=1 << 16):
@@ -256,8 +266,7 @@ def element_msg(delete, table, name, key, seq, data=None, comment=None, timeout_
     if comment:
         text = comment.encode()[:254] + b"\0"
         elem += _attr(NFTA_SET_ELEM_USERDATA, struct.pack("BB", NFTNL_UDATA_SET_ELEM_COMMENT, len(text)) + text)
-    body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
-            + _attr(NFTA_SET_ELEM_LIST_ELEMENTS, _attr(NFTA_LIST_ELEM, elem, True), True))
+    body = _set_of(table, name) + _attr(NFTA_SET_ELEM_LIST_ELEMENTS, _attr(NFTA_LIST_ELEM, elem, True), True)
     mtype = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_DELSETELEM if delete else NFT_MSG_NEWSETELEM)
     return _msg(mtype, NLM_F_REQUEST | (NLM_F_ACK if ack else 0) | (0 if delete else NLM_F_CREATE), seq, body, family)
 
@@ -312,16 +321,13 @@ class ElementWriter:
         """One batch: BEGIN, the messages (only the last asks for an ack: the kernel answers
         every refused message anyway, in order, before it), END. {group: errno} of the refused."""
         owner, msgs = {}, []
-        ends = (self._next(),)
-        begin = _msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, ends[0], b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+        begin = self._next()
         for n, (i, args) in enumerate(batch):
-            seq = self._next()
-            owner[seq] = i
-            msgs.append(element_msg(seq=seq, ack=n == len(batch) - 1, **args))
-        last = seq
-        ends += (self._next(),)
-        end = _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, ends[1], b"", socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
-        self.sock.sendall(begin + b"".join(msgs) + end)
+            last = self._next()
+            owner[last] = i
+            msgs.append(element_msg(seq=last, ack=n == len(batch) - 1, **args))
+        end = self._next()
+        self.sock.sendall(_batch_mark(NFNL_MSG_BATCH_BEGIN, begin) + b"".join(msgs) + _batch_mark(NFNL_MSG_BATCH_END, end))
         failed = {}
         while True:
             if not select.select([self.sock], [], [], 2.0)[0]:
@@ -332,7 +338,7 @@ class ElementWriter:
                 mlen, mtype, _, mseq, _ = struct.unpack_from("=IHHII", data, off)
                 if mtype == NLMSG_ERROR:
                     err = -struct.unpack_from("=i", data, off + 16)[0]
-                    if mseq in ends and err:  # BEGIN or END refused: nothing was applied
+                    if mseq in (begin, end) and err:  # BEGIN or END refused: nothing was applied
                         raise NetlinkError(err, "nf_tables refused an element batch: %s" % os.strerror(err))
                     if mseq in owner:  # (an answer to an older batch that timed out is not)
                         if err:
