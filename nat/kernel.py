@@ -229,6 +229,12 @@ class Kernel:
         return [item["chain"]["name"] for item in data
                 if "chain" in item and item["chain"].get("table") == nftx.TABLE]
 
+    def flowtables(self):
+        """The nft flowtables of every table ([(family, table, name, devices)]), None if the
+        listing failed."""
+        data = self.nft.list_json("flowtables")
+        return None if data is None else nftx.flowtables_of(data)
+
     def apply_policy(self, cfg):
         self.nft.check(nftx.replace_table("inet", nftx.POLICY_TABLE, nftx.render_policy(cfg)), "installing policy table")
 

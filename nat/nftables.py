@@ -387,3 +387,36 @@ def render_op(op):
     if value is None:
         return "add element ip %s %s { %s }" % (TABLE, name, k) + twin
     return "add element ip %s %s { %s : %s }" % (TABLE, name, k, value) + twin
+
+
+def flowtables_of(data):
+    """[(family, table, name, [devices])] from `nft -j list flowtables` (its "nftables" list)."""
+    out = []
+    for item in data or ():
+        ft = item.get("flowtable") if isinstance(item, dict) else None
+        if not isinstance(ft, dict):
+            continue
+        devs = ft.get("dev", [])
+        devs = [devs] if isinstance(devs, str) else list(devs)
+        out.append((ft.get("family", "?"), ft.get("table", "?"), ft.get("name", "?"), devs))
+    return out
+
+
+def flowtable_warning(flowtables):
+    """The admin's warning for nft flowtables beside passthrough (fw4's software flow offloading,
+    option flow_offloading in /etc/config/firewall), or None. A flowtable entry is keyed by
+    addresses, ports and protocol but not by conntrack zone (tc's act_ct keeps a flowtable per
+    zone for this reason), and fw4 offloads every established UDP connection: two LAN hosts'
+    connections to one server that share their outside ports (L2TP 1701, IKE 500, NAT-T 4500
+    with natt_ports 'preserve') have one reply tuple, so once the first is offloaded the
+    flowtable hands the second host's inbound packets to the first, before passthrough's
+    classify sees them."""
+    if not flowtables:
+        return None
+    names = ", ".join("%s %s %s (%s)" % (fam, table, name, " ".join(devs) or "no devices")
+                      for fam, table, name, devs in flowtables)
+    return ("nft flowtable present: %s. Flowtable entries carry no conntrack zone: L2TP, IKE or "
+            "preserved-port NAT-T connections of two LAN hosts to one server can reach the wrong host "
+            "once offloaded. passthrough's own offload (option offload) already carries VPN data; "
+            "switch software flow offloading off (uci set firewall.@defaults[0].flow_offloading=0)"
+            % names)

@@ -97,6 +97,9 @@ def cmd_status(args):
             + prog.get("other_port", 0), prog.get("fib", 0), prog.get("policy", 0)))
     elif off:
         print("  BPF offload %s" % off.get("note"))
+    if s.get("flowtables"):
+        from nat.nftables import flowtable_warning
+        print("  warning: " + flowtable_warning([tuple(f) for f in s["flowtables"]]))
     rows = [[str(f.get(c) if f.get(c) is not None else "-") for c in STATUS_COLUMNS] for f in flows]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(STATUS_COLUMNS)]
     print("  ".join(c.ljust(w) for c, w in zip(STATUS_COLUMNS, widths)))

@@ -24,6 +24,7 @@ from passthrough import config as configmod
 from passthrough.engine import Engine
 from passthrough.proto.decode import decode_ip
 from nat import mapping
+from nat import nftables as nftx
 from nat.clib import trim_heap
 from nat.kernel import Kernel, KernelError
 
@@ -193,6 +194,8 @@ class Daemon:
         self.fail_open = None
         self.offloader = None
         self.offload_note = "not started"
+        self.flowtables = []  # nft flowtables beside ours (fw4's flow offloading): _check_flowtables
+        self._flowtables_at = -1e9
 
     # --- setup / teardown -----------------------------------------------------------------------
     def start(self):
@@ -209,6 +212,7 @@ class Daemon:
             if kept:
                 self._adopt()
         self._start_offload(at_start=True)
+        self._check_flowtables()
         self._bind_queues()
         self.kernel.alive()  # queues bound: packets may be queued from now on
         self._open_control()
@@ -491,8 +495,28 @@ class Daemon:
             "errors": self.errors, "op_failures": self.op_failures,
             "queue_overruns": sum(r.enobufs for r in self.readers), "queue_fail_open": self.fail_open, "uptime": round(time.time() - self.started, 1),
             "config": self.config_path, "offload": self._offload_status(),
-            "natt_ports": self._natt_status(),
+            "natt_ports": self._natt_status(), "flowtables": self._check_flowtables(max_age=10),
         }
+
+    def _check_flowtables(self, max_age=0):
+        """Warn once per change when nft flowtables exist (nat/nftables.flowtable_warning): fw4
+        turns software flow offloading on or off with a firewall reload, which the daemon is not
+        told of, so this runs at start, at each reload and (at most every max_age s) for status."""
+        now = self._now()
+        if now - self._flowtables_at < max_age:
+            return self.flowtables
+        self._flowtables_at = now
+        found = self.kernel.flowtables()
+        if not isinstance(found, list):  # listing failed: keep what was known
+            return self.flowtables
+        if found != self.flowtables:
+            msg = nftx.flowtable_warning(found)
+            if msg:
+                log.warning("%s", msg)
+            elif self.flowtables:
+                log.info("nft flowtables gone: no flowtable bypasses passthrough's zones now")
+        self.flowtables = found
+        return found
 
     def _natt_status(self):
         natt = self.engine.natt
@@ -546,6 +570,7 @@ class Daemon:
                 # its host once the family is on again: forget it (outbound traffic re-learns it).
                 self.kernel.flush_fallback()
             self._resolve_devices()
+            self._check_flowtables()
         except KernelError as e:
             log.error("reload failed while programming the kernel: %s", e)
             return {"ok": False, "error": str(e)}

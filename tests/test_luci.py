@@ -196,7 +196,8 @@ def harness(tmp_path_factory):
         {"reply": {"error": "passthrough daemon not running (/var/run/passthrough.sock: connect(): No such file "
                             "or directory)", "socket": "/var/run/passthrough.sock"}},
         # daemon fine, no flows
-        {"reply": {"flows": [], "summary": dict(SUMMARY, flows=0, hosts={})}},
+        {"reply": {"flows": [], "summary": dict(SUMMARY, flows=0, hosts={},
+                                                flowtables=[["inet", "fw4", "ft", ["eth0", "eth1"]]])}},
         # the call itself fails (ACL, rpcd down)
         {"reject": "Permission denied"},
         # garbage in the reply does not break the table
@@ -281,6 +282,8 @@ def test_summary_box(harness):
     assert "NAT-T portsdistinct (setting: auto), 1 distinct in use" in first  # the mode in force
     assert "passthrough daemon not running" in harness["summaries"][2]
     assert "0 (1 pending)" in harness["summaries"][3] and "LAN hosts with a VPN0" in harness["summaries"][3]
+    assert "Flowtablesnone" in first  # fw4's software flow offloading: off, or on and named
+    assert "Flowtablesinet fw4 ft: bypasses the zones" in harness["summaries"][3]
     assert "Permission denied" in harness["summaries"][4]
     assert "Passthrough" in harness["summaries"][5]  # a summary of null: defaults, no exception
 

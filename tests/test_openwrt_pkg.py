@@ -748,9 +748,10 @@ def tar_of(entries):
     return raw.getvalue()
 
 
-def fw4_include_harness(tmp_path, rootfs, config_text):
+def fw4_include_harness(tmp_path, rootfs, config_text, flowtables=""):
     """The include as fw4 runs it (sh -c '... . PATH'), with its absolute paths moved into rootfs,
-    a fake nft that keeps its input and a fake logger."""
+    a fake nft that keeps its input (and lists `flowtables` for `nft list flowtables`) and a fake
+    logger."""
     conf = tmp_path / "passthrough"
     conf.write_text(config_text)
     inc = open(os.path.join(FILES, "passthrough.fw4.include")).read()
@@ -759,7 +760,9 @@ def fw4_include_harness(tmp_path, rootfs, config_text):
     (tmp_path / "fw4.include").write_text(inc)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "nft").write_text('#!/bin/sh\ncat > %s/nft.in\necho "$*" > %s/nft.args\n' % (tmp_path, tmp_path))
+    (tmp_path / "flowtables").write_text(flowtables)
+    (bin_dir / "nft").write_text('#!/bin/sh\n[ "$*" = "list flowtables" ] && exec cat %s/flowtables\n'
+                                 'cat > %s/nft.in\necho "$*" > %s/nft.args\n' % (tmp_path, tmp_path, tmp_path))
     (bin_dir / "logger").write_text('#!/bin/sh\necho "$*" >> %s/logger.log\n' % tmp_path)
     for p in ("nft", "logger"):
         (bin_dir / p).chmod(0o755)
@@ -787,6 +790,15 @@ def test_fw4_include_keeps_the_table_on_a_bad_config(tmp_path, rootfs):
     assert not (tmp_path / "nft.in").exists()
     log = (tmp_path / "logger.log").read_text()
     assert "l2tp_passthrough" in log and "policy table left as it was" in log
+
+
+def test_fw4_include_warns_of_a_flowtable(tmp_path, rootfs):
+    listing = "table inet fw4 {\n\tflowtable ft {\n\t\thook ingress priority filter\n\t\tdevices = { eth0, eth1 }\n\t}\n}\n"
+    r = fw4_include_harness(tmp_path, rootfs, "config passthrough 'global'\n", flowtables=listing)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "nft.args").read_text().split() == ["-f", "-"]  # the policy table all the same
+    log = (tmp_path / "logger.log").read_text()
+    assert "daemon.warn" in log and "flowtable is present" in log and "flow_offloading=0" in log, log
 
 
 @pytest.mark.lab  # needs root: nft --check talks to the kernel
@@ -870,3 +882,26 @@ def test_status_columns_are_the_cli_ones():
     # the LuCI view and README describe these; keep the CLI the reference
     assert cli.STATUS_COLUMNS == ("kind", "lan_ip", "lan_port", "wan_port", "remote_ip", "remote_port", "key",
                                   "state", "age", "packets")
+
+
+def test_daemon_warns_of_flowtables_once_per_change(tmp_path, monkeypatch, caplog):
+    from passthrough import daemon
+
+    listings = [[], [("inet", "fw4", "ft", ["eth0"])], [("inet", "fw4", "ft", ["eth0"])], None, []]
+
+    class FtKernel(StubKernel):
+        def flowtables(self):
+            return listings.pop(0)
+
+    monkeypatch.setattr(daemon, "Kernel", FtKernel)
+    conf = tmp_path / "passthrough"
+    shutil.copy(os.path.join(FILES, "passthrough.config"), conf)
+    d = daemon.Daemon(str(conf), str(tmp_path / "ctl.sock"))
+    caplog.set_level("INFO", logger="passthrough")
+    seen = [d._check_flowtables() for _ in range(5)]
+    assert seen == [[], [("inet", "fw4", "ft", ["eth0"])], [("inet", "fw4", "ft", ["eth0"])],
+                    [("inet", "fw4", "ft", ["eth0"])], []]  # a failed listing keeps what was known
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "inet fw4 ft (eth0)" in warnings[0], warnings
+    assert any("flowtables gone" in r.getMessage() for r in caplog.records)
+    assert d._check_flowtables(max_age=60) == []  # status asks at most every max_age s: no listing

@@ -186,3 +186,19 @@ def test_natt_ops_and_policy_still_drops_distinct_port_flows():
     # (before SNAT outbound, after its undoing inbound): "ipsec off" drops it.
     drops = N.render_policy(Config({"ipsec_passthrough": "0"}))
     assert "udp dport { 500, 4500 } counter drop" in drops and "udp sport { 500, 4500 } counter drop" in drops
+
+
+def test_flowtables_read_from_nft_json_and_the_admin_warning():
+    # `nft -j list flowtables` as nft 1.0.6 prints fw4's (one device prints as a string)
+    data = [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"flowtable": {"family": "inet", "name": "ft", "table": "fw4", "handle": 3, "hook": "ingress",
+                           "prio": 0, "dev": ["eth0", "eth1"]}},
+            {"flowtable": {"family": "ip", "name": "f2", "table": "t", "handle": 4, "hook": "ingress",
+                           "prio": 0, "dev": "eth2"}},
+            {"flowtable": "garbage"}, "garbage"]
+    fts = N.flowtables_of(data)
+    assert fts == [("inet", "fw4", "ft", ["eth0", "eth1"]), ("ip", "t", "f2", ["eth2"])]
+    msg = N.flowtable_warning(fts)
+    assert "inet fw4 ft (eth0 eth1)" in msg and "ip t f2 (eth2)" in msg, msg
+    assert "flow_offloading=0" in msg and "conntrack zone" in msg, msg
+    assert N.flowtable_warning([]) is None and N.flowtables_of(None) == []

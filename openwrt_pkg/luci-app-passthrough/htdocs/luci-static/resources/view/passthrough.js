@@ -89,6 +89,8 @@ return view.extend({
 		var hosts = (s.hosts && typeof(s.hosts) == 'object') ? Object.keys(s.hosts).length : 0;
 		var off = s.offload || {};
 		var natt = s.natt_ports || {};
+		/* nft flowtables (fw4's software flow offloading) have no conntrack zones: see the daemon's log */
+		var fts = Array.isArray(s.flowtables) ? s.flowtables.map(function(f) { return '%s %s %s'.format(f[0], f[1], f[2]) }) : [];
 
 		return [
 			[ _('Passthrough'), s.enabled ? _('enabled') : _('disabled') ],
@@ -98,6 +100,7 @@ return view.extend({
 			[ _('Queue'), '%s, queue %s'.format(dash(s.backend), dash(s.queue_num)) ],
 			[ _('Data offload'), off.active ? _('active') : (off.note ? _('off (%s)').format(off.note) : _('off')) ],
 			[ _('NAT-T ports'), natt.effective ? _('%s (setting: %s), %d distinct in use').format(natt.effective, dash(natt.configured), +natt.distinct_in_use || 0) : '-' ],
+			[ _('Flowtables'), fts.length ? _('%s: bypasses the zones of LAN hosts sharing a server; switch software flow offloading off').format(fts.join(', ')) : _('none') ],
 			[ _('Errors'), String((+s.errors || 0) + (+s.op_failures || 0)) ],
 			[ _('Uptime'), '%ds'.format(Math.round(+s.uptime || 0)) ]
 		];
