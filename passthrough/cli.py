@@ -99,7 +99,7 @@ def cmd_status(args):
         print("  BPF offload %s" % off.get("note"))
     if s.get("flowtables"):
         from nat.nftables import flowtable_warning
-        print("  warning: " + flowtable_warning([tuple(f) for f in s["flowtables"]]))
+        print("  warning: " + flowtable_warning(s["flowtables"]))
     rows = [[str(f.get(c) if f.get(c) is not None else "-") for c in STATUS_COLUMNS] for f in flows]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(STATUS_COLUMNS)]
     print("  ".join(c.ljust(w) for c, w in zip(STATUS_COLUMNS, widths)))

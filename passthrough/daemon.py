@@ -507,7 +507,7 @@ class Daemon:
             return self.flowtables
         self._flowtables_at = now
         found = self.kernel.flowtables()
-        if not isinstance(found, list):  # listing failed: keep what was known
+        if found is None:  # listing failed: keep what was known
             return self.flowtables
         if found != self.flowtables:
             msg = nftx.flowtable_warning(found)

@@ -826,6 +826,9 @@ class StubKernel:
     def map_elements(self, name):
         return []
 
+    def flowtables(self):
+        return []
+
 
 def test_reload_after_a_bad_uci_edit_prints_the_error(tmp_path, monkeypatch):
     from passthrough import daemon
